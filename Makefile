@@ -1,0 +1,25 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
+
+.PHONY: demo test venv clean-demo
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f .venv/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+# Prepare the offline demo competition, (re)make its folds, train all 5 folds, print the OOF table.
+# --resume makes a second `make demo` (or one after Ctrl-C) continue instead of starting over.
+demo: venv
+	$(PY) prepare_demo.py
+	$(PY) make_folds.py --data-dir data/mnist5k
+	$(PY) train.py --exp demo --fold all --resume
+
+test: venv
+	$(PY) -m pytest -x -q
+
+clean-demo:
+	rm -rf data/mnist5k runs/demo

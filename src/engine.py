@@ -1,0 +1,146 @@
+"""Training and prediction primitives: device set-up, batches from the uint8 cache, one epoch, predict."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src.augment import augment_batch
+from src.config import TrainConfig, UserError
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, autocast dtype (None = full precision), memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device, threads, precision and determinism settings for a run."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    amp_dtype = None
+    if use_cuda and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Runtime(device, amp_dtype, cfg.channels_last)
+
+
+class ArrayBatches(torch.utils.data.Dataset):
+    """Whole batches from an in-memory uint8 (N, H, W, C) array; indexed by a list of row numbers."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.sort(np.asarray(rows))  # sorted rows read memory in order; the batch is unordered anyway
+        images = self.images[rows]
+        if self.transform is not None:
+            images = augment_batch(self.transform, images)
+        return torch.from_numpy(images), torch.from_numpy(self.labels[rows])
+
+    def reseed(self, seed: int) -> None:
+        if self.transform is not None:
+            self.transform.set_random_seed(seed)
+
+
+def _seed_worker(_worker_id: int) -> None:
+    # Each worker's torch seed comes from the loader's seeded generator; derive the augmentation seed from it.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(torch.initial_seed() % 2**31)
+
+
+def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool):
+    """Shuffled batches for one epoch, fully determined by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    dataset.reseed(seed)
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
+                                            batch_size, drop_last=len(dataset) > batch_size)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    return max(1, num_images // batch_size) if num_images > batch_size else 1
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view)."""
+    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
+    return x if rt.channels_last else x.contiguous()
+
+
+def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, len(mean), 1, 1)
+    return (torch.tensor(mean, device=rt.device).view(shape), torch.tensor(std, device=rt.device).view(shape))
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    lr_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
+                    desc: str, quiet: bool) -> dict:
+    """One pass over `loader`; sets every param group's LR from `lr_at_step(step)` before each step."""
+    model.train()
+    loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
+    seen, step, start = 0, first_step, time.perf_counter()
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_at_step(step)
+        x = to_input(images, *norm, rt)
+        y = labels.to(rt.device, non_blocking=True)
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * len(y)
+        seen += len(y)
+        step += 1
+    seconds = time.perf_counter() - start
+    return {"train_loss": float(loss_sum) / max(seen, 1), "train_seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9), "steps": step - first_step}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, rt: Runtime,
+                  desc: str = "predict", quiet: bool = True) -> np.ndarray:
+    """Softmax probabilities (N, classes) as float32 for a uint8 (N, H, W, C) array, in order."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet, unit="batch"):
+        x = to_input(torch.from_numpy(images[start:start + batch_size]), *norm, rt)
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and norm layers (decaying them only hurts)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "initial_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "initial_lr": cfg.lr}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")

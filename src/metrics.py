@@ -1,0 +1,61 @@
+"""Validation metrics by name, each a function of (true class indices, class probabilities)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score, log_loss, roc_auc_score, roc_curve
+
+
+def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
+    return float((probs.argmax(1) == y).mean())
+
+
+def macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
+    return float(f1_score(y, probs.argmax(1), average="macro", labels=np.arange(probs.shape[1]), zero_division=0))
+
+
+def logloss(y: np.ndarray, probs: np.ndarray) -> float:
+    # float32 softmax rows miss 1.0 by more than scikit-learn tolerates; renormalise in float64.
+    probs = np.clip(probs.astype(np.float64), 1e-15, 1.0)
+    return float(log_loss(y, probs / probs.sum(1, keepdims=True), labels=np.arange(probs.shape[1])))
+
+
+def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Binary ROC-AUC, or one-vs-rest macro ROC-AUC; NaN when a class is absent from `y`."""
+    if len(np.unique(y)) < probs.shape[1]:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+
+
+def eer(y: np.ndarray, probs: np.ndarray) -> float:
+    """Equal error rate of a binary task (class 1 = positive): where false-accept = false-reject rate."""
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, probs[:, 1])
+    fnr = 1 - tpr
+    # The two curves cross between ROC points i and i+1; interpolate linearly there.
+    i = int(np.flatnonzero(fnr - fpr <= 0)[0])
+    if i == 0 or fnr[i] == fpr[i]:
+        return float(fpr[i])
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    t = d0 / (d0 - d1)
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+METRICS = {"accuracy": (accuracy, "max"), "macro_f1": (macro_f1, "max"), "log_loss": (logloss, "min"),
+           "roc_auc": (roc_auc, "max"), "eer": (eer, "min")}
+BINARY_ONLY = ("eer",)
+
+
+def metric_names(num_classes: int) -> list[str]:
+    return [m for m in METRICS if num_classes == 2 or m not in BINARY_ONLY]
+
+
+def metric_mode(name: str) -> str:
+    """'max' or 'min': the direction in which the metric improves."""
+    return METRICS[name][1]
+
+
+def compute_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {name: METRICS[name][0](y, probs) for name in metric_names(probs.shape[1])}

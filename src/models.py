@@ -1,0 +1,129 @@
+"""Model factory over timm, our small-image CNN, and local pretrained-weight loading (never a hub)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import adapt_input_conv, register_model
+from torch import nn
+
+from src.config import TrainConfig, UserError
+
+
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """VGG-style net for 24-32 px images: timm's stems downsample 4x at once, which wastes tiny inputs.
+
+    Stages of 3x3 conv-BN-ReLU at full, 1/2 and 1/4 resolution, global average pool, dropout, linear.
+    Full resolution gets one conv only: on a CPU it costs the most per parameter.
+    Follows timm's interface (forward_features / forward_head / get_classifier / reset_classifier).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128),
+                 depths: tuple[int, ...] = (1, 2, 1), drop_rate: float = 0.0, **_unused):
+        super().__init__()
+        layers, c_in = [], in_chans
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(depth):
+                layers.append(conv_bn(c_in, width))
+                c_in = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = c_in
+        self.drop = nn.Dropout(drop_rate)
+        self.num_classes = num_classes
+        self.fc = nn.Linear(c_in, num_classes)
+        self.pretrained_cfg = {"first_conv": "features.0.0", "classifier": "fc"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+@register_model
+def smallcnn(pretrained: bool = False, **kwargs) -> SmallCNN:
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+    return SmallCNN(**kwargs)
+
+
+def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
+    """timm model by name with our channel and class counts, optionally with local weights."""
+    if not timm.is_model(cfg.model):
+        hint = timm.list_models(f"*{cfg.model}*")[:5]
+        raise UserError(f"model {cfg.model!r} is not a timm model name" + (f" (close: {hint})" if hint else ""))
+    model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                              drop_rate=cfg.drop_rate)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained, in_chans)
+    return model
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (weights_only: no code runs on load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--pretrained {path}: file not found (weights are only read from local files)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # many formats, many failure types; all mean "not a weight file we can read"
+        raise UserError(f"--pretrained {path}: cannot read weights ({str(err).splitlines()[0][:120]})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--pretrained {path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pretrained(model: nn.Module, path: str | Path, in_chans: int) -> None:
+    """Load matching weights; adapt the first conv to in_chans and re-initialise a mismatched head."""
+    state = read_weights(path)
+    own = model.state_dict()
+    pcfg = getattr(model, "pretrained_cfg", {}) or {}
+    first_conv = f"{pcfg.get('first_conv', '')}.weight"
+    heads = pcfg.get("classifier", "")
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    loaded, skipped_head = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if value.shape != own[key].shape:
+            if key == first_conv and value.ndim == 4:
+                value = adapt_input_conv(in_chans, value)
+            elif any(h and key.startswith(h + ".") for h in heads):
+                skipped_head.append(key)
+                continue
+            else:
+                raise UserError(f"--pretrained {path}: {key} has shape {tuple(value.shape)}, "
+                                f"model needs {tuple(own[key].shape)}; wrong architecture?")
+        loaded[key] = value
+    if not loaded:
+        raise UserError(f"--pretrained {path}: no tensor names match model; wrong architecture?")
+    model.load_state_dict(loaded, strict=False)
+    missing = [k for k in own if k not in loaded and not any(k.startswith(h + ".") for h in heads if h)]
+    print(f"pretrained: loaded {len(loaded)}/{len(own)} tensors from {path}"
+          + (", classifier re-initialised" if skipped_head else "")
+          + (f"; {len(missing)} non-head tensors kept random (e.g. {missing[0]})" if missing else ""))

@@ -1,0 +1,123 @@
+"""The run directory: runs/<exp>/fold<k>/ with config.json, log.csv, curves.png, best.pt, last.pt, oof.csv,
+and the experiment-level OOF summary."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from src.atomic import save_figure, write_csv, write_text  # noqa: E402
+from src.config import UserError  # noqa: E402
+from src.metrics import compute_metrics  # noqa: E402
+
+CHECKPOINT_FORMAT = 1
+
+
+def exp_dir(runs_dir: str | Path, exp: str) -> Path:
+    return Path(runs_dir) / exp
+
+
+def fold_dir(runs_dir: str | Path, exp: str, fold: int) -> Path:
+    return exp_dir(runs_dir, exp) / f"fold{fold}"
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint with weights_only=True (no pickled code can run) and check its format."""
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, wrong format, pickled code: all "unusable checkpoint"
+        raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a checkpoint written by this kit (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def write_log(run_dir: Path, rows: list[dict]) -> None:
+    write_csv(run_dir / "log.csv", pd.DataFrame(rows))
+
+
+def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_values: np.ndarray, monitor: str) -> None:
+    """curves.png: train/val loss, the monitored metric, and the LR curve per optimiser step."""
+    log = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(log["epoch"], log["train_loss"], marker="o", label="train loss")
+    axes[0].plot(log["epoch"], log["val_log_loss"], marker="o", label="val loss (log-loss)")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    axes[1].plot(log["epoch"], log[f"val_{monitor}"], marker="o", color="tab:green")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title(f"val {monitor}")
+    axes[2].plot(lr_steps, lr_values, color="tab:purple")
+    axes[2].set_xlabel("optimiser step")
+    axes[2].set_title("learning rate")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    save_figure(run_dir / "curves.png", fig)
+    plt.close(fig)
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in classes]
+
+
+def write_oof(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str],
+              fold: int) -> None:
+    """oof.csv: id, true label, fold, predicted label, one probability column per class."""
+    frame = pd.DataFrame({"id": ids, "label": [classes[i] for i in labels], "fold": fold,
+                          "pred": [classes[i] for i in probs.argmax(1)]})
+    frame = pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
+    write_csv(run_dir / "oof.csv", frame)
+
+
+def read_oof(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(true class indices, probabilities, frame) from an oof.csv."""
+    frame = pd.read_csv(path, dtype={"id": str, "label": str, "pred": str})
+    index = {c: i for i, c in enumerate(classes)}
+    return frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy(), frame
+
+
+def summarize_oof(exp: Path, classes: list[str]) -> pd.DataFrame:
+    """Per-fold and overall OOF metrics (plus mean ± std over folds); saved as CSV and Markdown."""
+    rows, all_y, all_p = [], [], []
+    for path in sorted(exp.glob("fold*/oof.csv"), key=lambda p: int(p.parent.name[4:])):
+        y, probs, _ = read_oof(path, classes)
+        rows.append({"fold": path.parent.name[4:], "n": len(y), **compute_metrics(y, probs)})
+        all_y.append(y)
+        all_p.append(probs)
+    if not rows:
+        raise UserError(f"{exp}: no fold*/oof.csv yet; train a fold first")
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c not in ("fold", "n")]
+    y, probs = np.concatenate(all_y), np.concatenate(all_p)
+    extra = [{"fold": "mean", "n": int(table["n"].sum()), **table[metric_cols].mean().to_dict()},
+             {"fold": "std", "n": int(table["n"].sum()), **table[metric_cols].std(ddof=1).to_dict()},
+             {"fold": "all (pooled OOF)", "n": len(y), **compute_metrics(y, probs)}]
+    table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
+    write_csv(exp / "oof_summary.csv", table)
+    write_text(exp / "oof_summary.md", f"# OOF summary: {exp.name}\n\n{markdown_table(table)}\n")
+    return table
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs an extra package)."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""The epoch loop of one fold: schedule, early stopping, best/last checkpoints, exact resume, OOF output."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.augment import build_transforms
+from src.config import TrainConfig, UserError, config_to_dict
+from src.data import ImageSpec
+from src.engine import (ArrayBatches, Runtime, build_optimizer, norm_tensors, predict_probs, steps_per_epoch,
+                        train_loader, train_one_epoch)
+from src.losses import balanced_class_weights, build_loss
+from src.metrics import compute_metrics, metric_mode
+from src.models import build_model
+from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
+from src.runs import CHECKPOINT_FORMAT, load_checkpoint, plot_curves, write_log, write_oof
+from src.atomic import save_torch
+from src.schedule import EarlyStopping, PlateauScale, build_schedule, lr_factor_at
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+@dataclass
+class FoldData:
+    """One fold's split of the uint8 cache. Extra rows (synthetic, pseudo-labels) only ever join `train`."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    val_ids: list[str]
+
+
+@dataclass
+class DataInfo:
+    """What a checkpoint needs to turn raw images into model input again."""
+
+    classes: list[str]
+    spec: ImageSpec
+    mean: list[float]
+    std: list[float]
+
+    def to_dict(self) -> dict:
+        return {"classes": self.classes, "image_spec": vars(self.spec), "mean": self.mean, "std": self.std}
+
+
+class FoldTrainer:
+    """Owns model, optimiser and schedule state for one fold, so it can be checkpointed and resumed whole."""
+
+    def __init__(self, cfg: TrainConfig, fold: int, run_dir: Path, data: FoldData, info: DataInfo, rt: Runtime):
+        self.cfg, self.fold, self.run_dir, self.data, self.info, self.rt = cfg, fold, run_dir, data, info, rt
+        seed_everything(derived_seed(cfg.seed, fold))
+        num_classes = len(info.classes)
+        self.model = build_model(cfg, info.spec.in_chans, num_classes).to(rt.device)
+        if rt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.schedule = build_schedule(cfg, steps_per_epoch(len(data.train_labels), cfg.batch_size))
+        self.mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
+        self.plateau = PlateauScale(cfg.plateau_patience_epochs, cfg.plateau_factor, self.mode)
+        self.stopper = EarlyStopping(self.mode, cfg.patience_epochs, cfg.min_delta)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+        weight = None
+        if cfg.class_weights == "balanced":
+            weight = balanced_class_weights(data.train_labels, num_classes).to(rt.device)
+        self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
+        self.dataset = ArrayBatches(data.train_images, data.train_labels, build_transforms(cfg.augment, cfg.flips))
+        self.norm = norm_tensors(info.mean, info.std, rt)
+        self.epoch, self.step, self.log, self.finished = 0, 0, [], False
+
+    # --- state -------------------------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "config": config_to_dict(self.cfg), "fold": self.fold,
+                **self.info.to_dict()}
+
+    def save_last(self) -> None:
+        save_torch(self.run_dir / "last.pt", {
+            **self.header(), "epoch": self.epoch, "step": self.step, "finished": self.finished,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "plateau": self.plateau.state_dict(),
+            "early_stop": self.stopper.state_dict(), "rng": rng_state(), "log": self.log})
+
+    def save_best(self, score: float) -> None:
+        save_torch(self.run_dir / "best.pt", {**self.header(), "epoch": self.epoch - 1, "monitor": self.cfg.monitor,
+                                              "score": score, "model": self.model.state_dict()})
+
+    def resume(self) -> None:
+        """Continue from last.pt exactly; refuses a checkpoint made with a different config or data."""
+        path = self.run_dir / "last.pt"
+        state = load_checkpoint(path)
+        saved, now = state["config"], config_to_dict(self.cfg)
+        diff = [k for k in now if saved.get(k) != now[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; resume with the same "
+                            f"config, or start a new --exp")
+        if state["classes"] != self.info.classes:
+            raise UserError(f"{path}: class list differs from the data's; this checkpoint is for other data")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.stopper.load_state_dict(state["early_stop"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.log, self.finished = state["epoch"], state["step"], state["log"], state["finished"]
+        print(f"fold {self.fold}: resuming after epoch {self.epoch - 1} from {path}")
+
+    # --- loop --------------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return lr_factor_at(step, self.schedule) * self.plateau.scale
+
+    def run_epoch(self, quiet: bool) -> dict:
+        cfg, rt = self.cfg, self.rt
+        use_second = cfg.loss2 and self.epoch >= cfg.loss_switch_epoch
+        loss_fn = self.losses[cfg.loss2 if use_second else cfg.loss]
+        loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
+                              self.num_workers(), pin_memory=rt.device.type == "cuda")
+        start = time.perf_counter()
+        stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_at, self.step, self.scaler,
+                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet)
+        if not math.isfinite(stats["train_loss"]):
+            last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
+            raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
+                                f"lower --lr or check the data (last good checkpoint: {last})")
+        probs = predict_probs(self.model, self.data.val_images, cfg.batch_size * 2, self.norm, rt)
+        metrics = compute_metrics(self.data.val_labels, probs)
+        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_fn.__class__.__name__,
+               "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
+               "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
+               "images_per_s": stats["images_per_s"]}
+        self.step += stats["steps"]
+        return row
+
+    def num_workers(self) -> int:
+        if self.cfg.num_workers >= 0:
+            return self.cfg.num_workers
+        return 4 if self.rt.device.type == "cuda" else 0
+
+    def fit(self, quiet: bool) -> None:
+        """Train until the last epoch or early stop; checkpoints after every epoch."""
+        try:
+            while not self.finished:
+                row = self.run_epoch(quiet)
+                score = row[f"val_{self.cfg.monitor}"]
+                improved = self.stopper.update(score, self.epoch)
+                if self.cfg.scheduler == "plateau":
+                    self.plateau.update(score)
+                self.log.append(row)
+                self.epoch += 1
+                self.finished = self.epoch >= self.cfg.epochs or self.stopper.should_stop
+                if improved:
+                    self.save_best(score)
+                self.save_last()
+                print(self.epoch_line(row, improved), flush=True)
+            if self.stopper.should_stop and self.epoch < self.cfg.epochs:
+                print(f"fold {self.fold}: early stop after epoch {self.epoch - 1} "
+                      f"(best {self.cfg.monitor} {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
+        finally:
+            if self.log:
+                write_log(self.run_dir, self.log)
+                steps = np.arange(self.schedule.total_steps)
+                plot_curves(self.run_dir, self.log, steps, self.cfg.lr * np.array([self.lr_at(s) for s in steps]),
+                            self.cfg.monitor)
+
+    def epoch_line(self, row: dict, improved: bool) -> str:
+        metrics = " ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val_"))
+        mark = " *" if improved else ""
+        return (f"fold {self.fold} epoch {row['epoch']:>2} lr={row['lr']:.2e} train_loss={row['train_loss']:.4f} "
+                f"{metrics} {row['seconds']:.1f}s {row['images_per_s']:.0f} img/s{mark}")
+
+    def write_oof(self) -> dict:
+        """Predict the validation rows with best.pt's weights; returns the fold's metrics."""
+        best = load_checkpoint(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["model"])
+        probs = predict_probs(self.model, self.data.val_images, self.cfg.batch_size * 2, self.norm, self.rt)
+        write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
+        return {"fold": self.fold, "best_epoch": best["epoch"], **compute_metrics(self.data.val_labels, probs)}

@@ -1,0 +1,104 @@
+import os
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_competition
+from src.config import UserError
+from src.data import decode_image, infer_spec, read_train_table, sort_classes, to_array
+
+
+def read(root):
+    return read_train_table(root, "train.csv", "train", "image", "label")
+
+
+def edit_csv(root, fn):
+    frame = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    fn(frame)
+    frame.to_csv(root / "train.csv", index=False)
+
+
+def test_reads_ids_without_extension_and_sorts_string_classes(competition):
+    table = read(competition)
+    assert table.classes == ["cat", "dog", "owl"]
+    assert table.paths[0].name == "cat_0.png" and table.labels[0] == 0
+
+
+def test_integer_class_names_sort_numerically():
+    assert sort_classes(["10", "9", "1"]) == ["1", "9", "10"]
+
+
+def test_imagefolder_layout_becomes_the_same_table(tmp_path, competition):
+    root = tmp_path / "folder"
+    for row in pd.read_csv(competition / "train.csv").itertuples():
+        (root / "train" / row.label).mkdir(parents=True, exist_ok=True)
+        os.link(competition / "train" / f"{row.image}.png", root / "train" / row.label / f"{row.image}.png")
+    table = read(root)
+    assert table.classes == ["cat", "dog", "owl"] and len(table.ids) == 18 and table.ids[0] == "cat/cat_0.png"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.pop("label"), r"missing column\(s\) \['label'\]"),
+    (lambda f: f.loc.__setitem__((3, "label"), ""), r"line 5: empty 'label'"),
+    (lambda f: f.loc.__setitem__((3, "label"), "NaN"), r"line 5: empty 'label'"),
+    (lambda f: f.loc.__setitem__((2, "label"), "cat "), r"line 4: label 'cat ' has leading/trailing whitespace"),
+    (lambda f: f.loc.__setitem__((2, "label"), "Cat"), r"labels 'Cat' and 'cat' differ only in case"),
+    (lambda f: f.loc.__setitem__((5, "image"), "cat_0"), r"line 7: duplicate image 'cat_0'"),
+    (lambda f: f.loc.__setitem__((1, "image"), "cat_99"), r"line 3: image for id 'cat_99' not found"),
+    (lambda f: f.loc.__setitem__((1, "image"), "../../etc/passwd"), r"points outside"),
+    (lambda f: f.loc.__setitem__((1, "image"), "/etc/passwd"), r"points outside"),
+])
+def test_bad_train_csv_gives_one_clear_error(competition, change, message):
+    edit_csv(competition, change)
+    with pytest.raises(UserError, match=message) as err:
+        read(competition)
+    assert "\n" not in str(err.value)
+
+
+def test_empty_and_header_only_csv_are_refused(competition):
+    (competition / "train.csv").write_text("")
+    with pytest.raises(UserError, match="file is empty"):
+        read(competition)
+    (competition / "train.csv").write_text("image,label\n")
+    with pytest.raises(UserError, match="header but no rows"):
+        read(competition)
+
+
+def test_symlink_out_of_the_image_folder_is_refused(tmp_path, competition):
+    outside = tmp_path / "secret.png"
+    cv2.imwrite(str(outside), np.zeros((4, 4), np.uint8))
+    (competition / "train" / "cat_1.png").unlink()
+    (competition / "train" / "cat_1.png").symlink_to(outside)
+    with pytest.raises(UserError, match="links outside"):
+        read(competition)
+
+
+def test_corrupt_and_empty_images_are_named(tmp_path):
+    empty, corrupt = tmp_path / "empty.png", tmp_path / "bad.png"
+    empty.write_bytes(b"")
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(UserError, match="empty.png: empty file"):
+        decode_image(empty)
+    with pytest.raises(UserError, match="bad.png: cannot decode image"):
+        decode_image(corrupt)
+
+
+def test_sixteen_bit_rgba_and_gray_images_decode_to_uint8(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((5, 6), 65535, np.uint16))
+    cv2.imwrite(str(tmp_path / "b.png"), np.dstack([np.zeros((5, 6, 3), np.uint8), np.full((5, 6), 9, np.uint8)]))
+    a, b = decode_image(tmp_path / "a.png"), decode_image(tmp_path / "b.png")
+    assert a.dtype == np.uint8 and a.shape == (5, 6, 1) and a.max() == 255
+    assert b.shape == (5, 6, 3)  # alpha dropped
+
+
+def test_mixed_sizes_and_channels_are_resized_into_one_array():
+    gray = np.zeros((10, 10, 1), np.uint8)
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[..., 0] = 255
+    spec = infer_spec([gray, colour, gray], image_size_px=0)
+    assert (spec.height_px, spec.width_px, spec.in_chans) == (10, 10, 3)
+    out = to_array([gray, colour, gray], spec, "area")
+    assert out.shape == (3, 10, 10, 3) and out[1, :, :, 0].min() == 255
+    assert infer_spec([gray, gray], image_size_px=32).height_px == 32

@@ -1,0 +1,82 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_competition
+from src.config import UserError
+from src.data import read_train_table
+from src.folds import assign_folds, connected_groups, make_fold_file, parse_fold_arg, read_folds
+
+
+def test_folds_are_stratified_and_deterministic():
+    labels = np.repeat(np.arange(4), 25)
+    a = assign_folds(labels, n_folds=5, seed=1)
+    b = assign_folds(labels, n_folds=5, seed=1)
+    assert (a == b).all()
+    assert not (a == assign_folds(labels, n_folds=5, seed=2)).all()
+    counts = pd.crosstab(a, labels).to_numpy()
+    assert (counts == 5).all()  # every fold holds 5 of each class
+
+
+def test_connected_groups_merge_rows_sharing_any_key():
+    hashes = ["a", "b", "a", "c", "d"]
+    groups = ["g1", "g2", "g3", "g3", "g5"]
+    g = connected_groups(hashes, groups)
+    assert g[0] == g[2] == g[3]  # 0~2 by hash, 2~3 by group
+    assert len({g[0], g[1], g[4]}) == 3
+
+
+def test_exact_duplicate_images_land_in_the_same_fold(tmp_path):
+    root = make_competition(tmp_path / "c", per_class=10)
+    table = pd.read_csv(root / "train.csv")
+    # Copy three images under new ids: same pixels, so they must share a fold with their originals.
+    for src in ("cat_0", "dog_3", "owl_7"):
+        shutil.copy(root / "train" / f"{src}.png", root / "train" / f"{src}_copy.png")
+        table.loc[len(table)] = [f"{src}_copy", src.split("_")[0]]
+    table.to_csv(root / "train.csv", index=False)
+    frame = make_fold_file(str(root), "train.csv", "train", "image", "label", "", 3, 0, tmp_path / "f.csv")
+    fold = dict(zip(frame["image"], frame["fold"]))
+    for src in ("cat_0", "dog_3", "owl_7"):
+        assert fold[src] == fold[f"{src}_copy"]
+
+
+def test_group_column_keeps_groups_together(tmp_path):
+    root = make_competition(tmp_path / "c", per_class=12)
+    table = pd.read_csv(root / "train.csv")
+    table["patient"] = [f"p{i // 3}" for i in range(len(table))]
+    table.to_csv(root / "train.csv", index=False)
+    frame = make_fold_file(str(root), "train.csv", "train", "image", "label", "patient", 3, 0, tmp_path / "f.csv")
+    frame["patient"] = table["patient"]
+    assert (frame.groupby("patient")["fold"].nunique() == 1).all()
+
+
+def test_fold_file_must_match_train_csv(tmp_path, competition):
+    table = read_train_table(competition, "train.csv", "train", "image", "label")
+    frame = make_fold_file(str(competition), "train.csv", "train", "image", "label", "", 3, 0, tmp_path / "f.csv")
+    assert (read_folds(tmp_path / "f.csv", table, "image", "label") == frame["fold"].to_numpy()).all()
+    frame.drop(index=4).to_csv(tmp_path / "missing.csv", index=False)
+    with pytest.raises(UserError, match="missing.*re-run make_folds.py"):
+        read_folds(tmp_path / "missing.csv", table, "image", "label")
+    relabelled = frame.copy()
+    relabelled.loc[0, "label"] = "owl"
+    relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
+    with pytest.raises(UserError, match="has label 'owl' there"):
+        read_folds(tmp_path / "relabelled.csv", table, "image", "label")
+
+
+def test_class_with_fewer_images_than_folds_is_refused(tmp_path):
+    root = make_competition(tmp_path / "c", per_class=2)
+    with pytest.raises(UserError, match="class 'cat' has 2 image.*fewer than 3 folds"):
+        make_fold_file(str(root), "train.csv", "train", "image", "label", "", 3, 0, tmp_path / "f.csv")
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_fold_argument_parsing_and_range_check():
+    assert parse_fold_arg("all", 3) == [0, 1, 2]
+    assert parse_fold_arg("0,2", 3) == [0, 2]
+    with pytest.raises(UserError, match="out of range"):
+        parse_fold_arg("5", 5)
+    with pytest.raises(UserError, match="comma list"):
+        parse_fold_arg("first", 5)

@@ -1,0 +1,138 @@
+"""Smoke tests: the real scripts, end to end, on a small version of the demo competition."""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, run_script
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet"]
+METRIC_COLS = ["epoch", "lr", "train_loss", "val_accuracy", "val_macro_f1", "val_log_loss"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo competition with 20 labels per class (200 train images) and its 5 folds."""
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "mnist_small"
+    proc = run_script("prepare_demo.py", "--out-dir", str(data), "--labels-per-class", "20")
+    assert proc.returncode == 0, proc.stderr
+    folds = root / "folds.csv"
+    proc = run_script("make_folds.py", "--data-dir", str(data), "--out", str(folds), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return {"data": data, "folds": folds, "root": root}
+
+
+def train(demo, exp, *extra, runs=None):
+    runs = runs or demo["root"] / "runs"
+    return run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
+                      "--runs-dir", str(runs), "--exp", exp, *TINY, *extra)
+
+
+def metrics(run_dir):
+    return pd.read_csv(run_dir / "log.csv")[METRIC_COLS]
+
+
+def test_prepare_demo_builds_a_stratified_competition_idempotently(demo):
+    data = demo["data"]
+    train_csv = pd.read_csv(data / "train.csv")
+    assert len(train_csv) == 200 and (train_csv["label"].value_counts() == 20).all()
+    assert len(list((data / "unlabeled").glob("*.png"))) == 3800
+    solution = pd.read_csv(data / "solution.csv")
+    assert len(solution) == 1000 and (solution["label"].value_counts() == 100).all()
+    assert (solution["Usage"] == "Public").mean() == pytest.approx(0.3)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    assert list(sample.columns) == ["image", "label"] and (sample["image"] == solution["image"]).all()
+    assert set(train_csv["image"]).isdisjoint(solution["image"])
+    before = (data / "train.csv").stat().st_mtime_ns
+    proc = run_script("prepare_demo.py", "--out-dir", str(data), "--labels-per-class", "20")
+    assert "nothing to do" in proc.stdout and (data / "train.csv").stat().st_mtime_ns == before
+
+
+def test_train_writes_a_complete_run_directory(demo):
+    proc = train(demo, "smoke", "--fold", "0,1")
+    assert proc.returncode == 0, proc.stderr
+    exp = demo["root"] / "runs" / "smoke"
+    run = exp / "fold0"
+    for name in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv"):
+        assert (run / name).is_file(), name
+    assert len(pd.read_csv(run / "log.csv")) == 2
+    oof = pd.read_csv(run / "oof.csv", dtype={"label": str})
+    assert len(oof) == 40 and oof.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
+    folds = pd.read_csv(demo["folds"], dtype={"image": str})
+    assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "image"])
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["classes"] == [str(i) for i in range(10)] and best["config"]["epochs"] == 2
+    summary = pd.read_csv(exp / "oof_summary.csv")
+    assert list(summary["fold"].astype(str)[:2]) == ["0", "1"] and "accuracy" in summary
+    assert (exp / "oof_summary.md").read_text().startswith("# OOF summary")
+    assert "OOF summary" in proc.stdout
+
+
+def test_same_seed_gives_identical_metrics(demo):
+    runs = demo["root"] / "determinism"
+    for exp in ("a", "b"):
+        assert train(demo, exp, "--fold", "0", runs=runs).returncode == 0
+    pd.testing.assert_frame_equal(metrics(runs / "a" / "fold0"), metrics(runs / "b" / "fold0"))
+
+
+def test_resume_after_a_kill_ends_exactly_like_an_uninterrupted_run(demo):
+    runs = demo["root"] / "resume"
+    args = ["--fold", "0", "--epochs", "8", "--augment", "heavy"]
+    assert train(demo, "full", *args, runs=runs).returncode == 0
+    cmd = [sys.executable, str(REPO / "train.py"), "--data-dir", str(demo["data"]), "--folds-csv",
+           str(demo["folds"]), "--runs-dir", str(runs), "--exp", "killed", *TINY, *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = runs / "killed" / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # killed mid-run, not finished
+    assert "--resume" in err.strip().splitlines()[-1]
+    done = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= done < 8
+    assert train(demo, "killed", *args, "--resume", runs=runs).returncode == 0
+    pd.testing.assert_frame_equal(metrics(runs / "full" / "fold0"), metrics(runs / "killed" / "fold0"))
+
+
+def test_an_existing_run_needs_resume_or_overwrite(demo):
+    runs = demo["root"] / "existing"
+    assert train(demo, "x", "--fold", "0", "--epochs", "1", runs=runs).returncode == 0
+    proc = train(demo, "x", "--fold", "0", "--epochs", "1", runs=runs)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    assert train(demo, "x", "--fold", "0", "--epochs", "1", "--overwrite", runs=runs).returncode == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fold", "7"], "--fold 7 is out of range"),
+    (["--model", "resnet_does_not_exist"], "is not a timm model name"),
+    (["--pretrained", "/nonexistent/weights.pt"], "file not found"),
+])
+def test_bad_arguments_fail_before_training_and_write_nothing(demo, extra, message):
+    runs = demo["root"] / "bad"
+    proc = train(demo, "bad", *extra, runs=runs)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and message in proc.stderr
+    assert not (runs / "bad").exists()
+
+
+def test_missing_image_fails_with_the_row_named(tmp_path, demo):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").symlink_to(demo["data"] / "train")
+    frame = pd.read_csv(demo["data"] / "train.csv")
+    frame.loc[7, "image"] = "tr_missing"
+    frame.to_csv(data / "train.csv", index=False)
+    proc = run_script("train.py", "--data-dir", str(data), "--folds-csv", str(demo["folds"]),
+                      "--runs-dir", str(tmp_path / "runs"), *TINY)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {data / 'train.csv'} line 9: image for id 'tr_missing' not found in " \
+                                  f"{data / 'train'}"
+    assert not (tmp_path / "runs").exists()

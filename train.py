@@ -1,0 +1,28 @@
+"""Train one or more cross-validation folds: python train.py --fold 0 (or 0,1,2 or all)."""
+import argparse
+
+from src.cli import quiet_default, run_main
+from src.config import add_config_flags, config_from_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--fold", default="0", help="fold index, comma list (0,2,4) or 'all'")
+    parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt, exactly")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_flags(parser)
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+    if args.print_config:
+        import json
+        from src.config import config_to_dict
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        return
+    from src.cv import train_folds  # heavy imports only once the arguments are known to be valid
+    train_folds(cfg, args.fold, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    run_main(main, interrupt_hint=": finished epochs are saved in last.pt; continue with --resume")
