@@ -48,6 +48,7 @@ HELP = {
     "image_size_px": "resize images to this square size; 0 = keep the data's size",
     "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
     "drop_rate": "dropout before the classifier",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.99) and validate/save it; 0 = off",
     "augment": "training augmentation pipeline",
     "flips": "random flips added to the pipeline (off by default: they break digits and text)",
     "epochs": "maximum number of epochs",
@@ -100,12 +101,13 @@ class TrainConfig:
     image_size_px: int = 0
     resize_interp: str = "cubic"
     drop_rate: float = 0.1
+    ema_decay: float = 0.99
     augment: str = "light"
     flips: str = "none"
-    epochs: int = 12
-    batch_size: int = 128
+    epochs: int = 15
+    batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
     scheduler: str = "onecycle"
@@ -142,6 +144,8 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UserError(f"config: {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
         non_negative = ("image_size_px", "weight_decay", "lr_warmup_epochs", "lr_min_ratio", "drop_rate",
                         "label_smoothing", "loss_switch_epoch", "patience_epochs", "min_delta", "threads")
         for name in non_negative:

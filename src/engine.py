@@ -95,8 +95,9 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torc
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     lr_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
-                    desc: str, quiet: bool) -> dict:
-    """One pass over `loader`; sets every param group's LR from `lr_at_step(step)` before each step."""
+                    desc: str, quiet: bool, ema=None) -> dict:
+    """One pass over `loader`; sets every param group's LR from `lr_at_step(step)` before each step
+    and updates the weight average `ema` (timm ModelEmaV3) after it."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
     seen, step, start = 0, first_step, time.perf_counter()
@@ -111,6 +112,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(model, step=step + 1)
         loss_sum += loss.detach() * len(y)
         seen += len(y)
         step += 1

@@ -64,6 +64,7 @@ def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_values
     axes[2].plot(lr_steps, lr_values, color="tab:purple")
     axes[2].set_xlabel("optimiser step")
     axes[2].set_title("learning rate")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for ax in axes:
         ax.grid(alpha=0.3)
     save_figure(run_dir / "curves.png", fig)

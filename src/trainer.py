@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from src.augment import build_transforms
 from src.config import TrainConfig, UserError, config_to_dict
@@ -61,6 +62,9 @@ class FoldTrainer:
         self.model = build_model(cfg, info.spec.in_chans, num_classes).to(rt.device)
         if rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
+        # What is validated and saved as best.pt: the weight average when there is one.
+        self.eval_model = self.ema.module if self.ema else self.model
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg, steps_per_epoch(len(data.train_labels), cfg.batch_size))
         self.mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
@@ -83,13 +87,14 @@ class FoldTrainer:
     def save_last(self) -> None:
         save_torch(self.run_dir / "last.pt", {
             **self.header(), "epoch": self.epoch, "step": self.step, "finished": self.finished,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "plateau": self.plateau.state_dict(),
             "early_stop": self.stopper.state_dict(), "rng": rng_state(), "log": self.log})
 
     def save_best(self, score: float) -> None:
         save_torch(self.run_dir / "best.pt", {**self.header(), "epoch": self.epoch - 1, "monitor": self.cfg.monitor,
-                                              "score": score, "model": self.model.state_dict()})
+                                              "score": score, "model": self.eval_model.state_dict()})
 
     def resume(self) -> None:
         """Continue from last.pt exactly; refuses a checkpoint made with a different config or data."""
@@ -104,6 +109,8 @@ class FoldTrainer:
         if state["classes"] != self.info.classes:
             raise UserError(f"{path}: class list differs from the data's; this checkpoint is for other data")
         self.model.load_state_dict(state["model"])
+        if self.ema:
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.plateau.load_state_dict(state["plateau"])
@@ -124,12 +131,12 @@ class FoldTrainer:
                               self.num_workers(), pin_memory=rt.device.type == "cuda")
         start = time.perf_counter()
         stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_at, self.step, self.scaler,
-                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet)
+                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema)
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
                                 f"lower --lr or check the data (last good checkpoint: {last})")
-        probs = predict_probs(self.model, self.data.val_images, cfg.batch_size * 2, self.norm, rt)
+        probs = predict_probs(self.eval_model, self.data.val_images, cfg.batch_size * 2, self.norm, rt)
         metrics = compute_metrics(self.data.val_labels, probs)
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_fn.__class__.__name__,
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
@@ -178,7 +185,7 @@ class FoldTrainer:
     def write_oof(self) -> dict:
         """Predict the validation rows with best.pt's weights; returns the fold's metrics."""
         best = load_checkpoint(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["model"])
-        probs = predict_probs(self.model, self.data.val_images, self.cfg.batch_size * 2, self.norm, self.rt)
+        self.eval_model.load_state_dict(best["model"])
+        probs = predict_probs(self.eval_model, self.data.val_images, self.cfg.batch_size * 2, self.norm, self.rt)
         write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
         return {"fold": self.fold, "best_epoch": best["epoch"], **compute_metrics(self.data.val_labels, probs)}
