@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test test-fast venv clean-demo
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -20,6 +20,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -x -q
+
+# Unit tests only (seconds): skips the end-to-end script runs.
+test-fast: venv
+	$(PY) -m pytest -x -q -m "not slow"
 
 clean-demo:
 	rm -rf data/mnist5k runs/demo

@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     from src.folds import make_fold_file
-    out = Path(args.out) if args.out else Path("folds") / f"{Path(args.data_dir).resolve().name}_k{args.n_folds}_s{args.seed}.csv"
+    name = Path(args.data_dir).resolve().name
+    out = Path(args.out) if args.out else Path("folds") / f"{name}_k{args.n_folds}_s{args.seed}.csv"
     make_fold_file(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col, args.group_col,
                    args.n_folds, args.seed, out, quiet=args.quiet)
 

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_competition
 from src.config import UserError
 from src.data import decode_image, infer_spec, read_train_table, sort_classes, to_array
 

@@ -4,12 +4,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from conftest import REPO, run_script
+
+pytestmark = pytest.mark.slow
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet"]
 METRIC_COLS = ["epoch", "lr", "train_loss", "val_accuracy", "val_macro_f1", "val_log_loss"]
