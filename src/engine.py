@@ -94,16 +94,16 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torc
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                    lr_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
+                    lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
                     desc: str, quiet: bool, ema=None) -> dict:
-    """One pass over `loader`; sets every param group's LR from `lr_at_step(step)` before each step
+    """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
     and updates the weight average `ema` (timm ModelEmaV3) after it."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
     seen, step, start = 0, first_step, time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_at_step(step)
+            group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
         x = to_input(images, *norm, rt)
         y = labels.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):

@@ -50,8 +50,10 @@ def write_log(run_dir: Path, rows: list[dict]) -> None:
     write_csv(run_dir / "log.csv", pd.DataFrame(rows))
 
 
-def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_values: np.ndarray, monitor: str) -> None:
-    """curves.png: train/val loss, the monitored metric, and the LR curve per optimiser step."""
+def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_planned: np.ndarray, steps_per_epoch: int,
+                monitor: str) -> None:
+    """curves.png: train/val loss, the monitored metric, and the LR: the schedule's curve per optimiser
+    step, with the LR actually used at each epoch's end on top (they differ after plateau drops)."""
     log = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(log["epoch"], log["train_loss"], marker="o", label="train loss")
@@ -61,7 +63,9 @@ def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_values
     axes[1].plot(log["epoch"], log[f"val_{monitor}"], marker="o", color="tab:green")
     axes[1].set_xlabel("epoch")
     axes[1].set_title(f"val {monitor}")
-    axes[2].plot(lr_steps, lr_values, color="tab:purple")
+    axes[2].plot(lr_steps, lr_planned, color="tab:purple", label="schedule")
+    axes[2].plot((log["epoch"] + 1) * steps_per_epoch - 1, log["lr"], "o", color="black", ms=3, label="used")
+    axes[2].legend()
     axes[2].set_xlabel("optimiser step")
     axes[2].set_title("learning rate")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

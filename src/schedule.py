@@ -15,6 +15,7 @@ from src.config import TrainConfig
 @dataclass(frozen=True)
 class Schedule:
     kind: str
+    steps_per_epoch: int
     total_steps: int
     warmup_steps: int
     min_ratio: float
@@ -23,7 +24,7 @@ class Schedule:
 
 
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    return Schedule(kind=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
+    return Schedule(kind=cfg.scheduler, steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
                     warmup_steps=round(cfg.lr_warmup_epochs * steps_per_epoch), min_ratio=cfg.lr_min_ratio,
                     step_every_steps=max(1, cfg.lr_step_epochs * steps_per_epoch), step_gamma=cfg.lr_step_gamma)
 

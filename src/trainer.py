@@ -24,6 +24,9 @@ from src.atomic import save_torch
 from src.schedule import EarlyStopping, PlateauScale, build_schedule, lr_factor_at
 
 
+PLOT_EVERY_S = 30
+
+
 class NonFiniteLoss(UserError):
     """Training diverged; the last good checkpoint is kept."""
 
@@ -78,6 +81,7 @@ class FoldTrainer:
         self.dataset = ArrayBatches(data.train_images, data.train_labels, build_transforms(cfg.augment, cfg.flips))
         self.norm = norm_tensors(info.mean, info.std, rt)
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
+        self.last_plot_time = time.monotonic()
 
     # --- state -------------------------------------------------------------------------------------------
     def header(self) -> dict:
@@ -120,7 +124,7 @@ class FoldTrainer:
         print(f"fold {self.fold}: resuming after epoch {self.epoch - 1} from {path}")
 
     # --- loop --------------------------------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
+    def lr_factor(self, step: int) -> float:
         return lr_factor_at(step, self.schedule) * self.plateau.scale
 
     def run_epoch(self, quiet: bool) -> dict:
@@ -130,7 +134,7 @@ class FoldTrainer:
         loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
                               self.num_workers(), pin_memory=rt.device.type == "cuda")
         start = time.perf_counter()
-        stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_at, self.step, self.scaler,
+        stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_factor, self.step, self.scaler,
                                 self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema)
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
@@ -166,15 +170,22 @@ class FoldTrainer:
                     self.save_best(score)
                 self.save_last()
                 print(self.epoch_line(row, improved), flush=True)
+                self.write_progress(final=False)
             if self.stopper.should_stop and self.epoch < self.cfg.epochs:
                 print(f"fold {self.fold}: early stop after epoch {self.epoch - 1} "
                       f"(best {self.cfg.monitor} {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
         finally:
             if self.log:
-                write_log(self.run_dir, self.log)
-                steps = np.arange(self.schedule.total_steps)
-                plot_curves(self.run_dir, self.log, steps, self.cfg.lr * np.array([self.lr_at(s) for s in steps]),
-                            self.cfg.monitor)
+                self.write_progress(final=True)
+
+    def write_progress(self, final: bool) -> None:
+        """log.csv after every epoch; curves.png at the end, or mid-run at most every 30 s (a plot costs ~0.3 s)."""
+        write_log(self.run_dir, self.log)
+        if final or time.monotonic() - self.last_plot_time >= PLOT_EVERY_S:
+            steps = np.arange(self.schedule.total_steps)
+            planned = self.cfg.lr * np.array([lr_factor_at(s, self.schedule) for s in steps])
+            plot_curves(self.run_dir, self.log, steps, planned, self.schedule.steps_per_epoch, self.cfg.monitor)
+            self.last_plot_time = time.monotonic()
 
     def epoch_line(self, row: dict, improved: bool) -> str:
         metrics = " ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val_"))

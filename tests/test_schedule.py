@@ -7,7 +7,7 @@ from src.schedule import EarlyStopping, PlateauScale, Schedule, build_schedule, 
 
 
 def sched(kind, total=100, warmup=10, min_ratio=0.01, every=30, gamma=0.1):
-    return Schedule(kind, total, warmup, min_ratio, every, gamma)
+    return Schedule(kind, 10, total, warmup, min_ratio, every, gamma)
 
 
 def test_warmup_rises_linearly_to_peak():

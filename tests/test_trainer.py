@@ -61,3 +61,13 @@ def test_early_stopping_ends_the_run_before_the_last_epoch(tmp_path):
     trainer = make_trainer(tmp_path, epochs=10, patience_epochs=1, min_delta=0.5)
     trainer.fit(quiet=True)
     assert len(trainer.log) == 2 and trainer.finished
+
+
+@pytest.mark.parametrize("scheduler", ["plateau", "step", "cosine"])
+def test_every_scheduler_trains_and_plots_its_curve(tmp_path, scheduler):
+    trainer = make_trainer(tmp_path, scheduler=scheduler, plateau_patience_epochs=0, lr_step_epochs=1)
+    trainer.fit(quiet=True)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert len(trainer.log) == 3 and all(np.isfinite(row["train_loss"]) for row in trainer.log)
+    if scheduler == "step":
+        assert [round(r["lr"] / trainer.cfg.lr, 6) for r in trainer.log] == [1.0, 0.1, 0.01]
