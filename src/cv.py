@@ -54,7 +54,7 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     spec = infer_spec(decoded, cfg.image_size_px)
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
-    provenance = {"git_commit": git_commit(REPO), "packages": package_versions(),
+    provenance = {"n_folds": n_folds, "git_commit": git_commit(REPO), "packages": package_versions(),
                   "train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
                   "folds_csv": str(folds_path), "folds_csv_sha256": file_sha256(folds_path)}
     results = []

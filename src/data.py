@@ -135,6 +135,8 @@ def imagefolder_table(root: Path) -> LabelTable:
 
 def decode_image(path: Path) -> np.ndarray:
     """Decode one file to uint8 (H, W, C) with C = 1 (gray) or 3 (RGB); alpha is dropped."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: image file not found")
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0:
         raise UserError(f"{path}: empty file; replace it or remove its row")

@@ -124,12 +124,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, rt: Runtime,
-                  desc: str = "predict", quiet: bool = True) -> np.ndarray:
-    """Softmax probabilities (N, classes) as float32 for a uint8 (N, H, W, C) array, in order."""
+                  desc: str = "predict", quiet: bool = True, view=None) -> np.ndarray:
+    """Softmax probabilities (N, classes) as float32 for a uint8 (N, H, W, C) array, in order.
+
+    `view` (a TTA function of the uint8 NHWC batch on the device) is applied before normalisation."""
     model.eval()
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet, unit="batch"):
-        x = to_input(torch.from_numpy(images[start:start + batch_size]), *norm, rt)
+        batch = torch.from_numpy(images[start:start + batch_size]).to(rt.device, non_blocking=True)
+        x = to_input(view(batch) if view else batch, *norm, rt)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu())

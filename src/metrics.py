@@ -28,19 +28,26 @@ def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
 
 
-def eer(y: np.ndarray, probs: np.ndarray) -> float:
-    """Equal error rate of a binary task (class 1 = positive): where false-accept = false-reject rate."""
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    fpr, tpr, _ = roc_curve(y, probs[:, 1])
+def eer_point(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(equal error rate, score threshold there) of a binary task: where false-accept = false-reject rate."""
+    fpr, tpr, thresholds = roc_curve(y, scores)
     fnr = 1 - tpr
-    # The two curves cross between ROC points i and i+1; interpolate linearly there.
+    # The two curves cross between ROC points i-1 and i; interpolate linearly there.
     i = int(np.flatnonzero(fnr - fpr <= 0)[0])
     if i == 0 or fnr[i] == fpr[i]:
-        return float(fpr[i])
+        return float(fpr[i]), float(min(thresholds[i], 1.0))
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
     t = d0 / (d0 - d1)
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    upper = thresholds[i - 1] if np.isfinite(thresholds[i - 1]) else 1.0  # roc_curve's first threshold is inf
+    threshold = upper + t * (thresholds[i] - upper)
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1])), float(min(threshold, 1.0))
+
+
+def eer(y: np.ndarray, probs: np.ndarray) -> float:
+    """Equal error rate with class 1 as the positive class; NaN when `y` holds one class only."""
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return eer_point(y, probs[:, 1])[0]
 
 
 METRICS = {"accuracy": (accuracy, "max"), "macro_f1": (macro_f1, "max"), "log_loss": (logloss, "min"),

@@ -40,3 +40,26 @@ def run_script(script: str, *args: str, cwd: Path = REPO, timeout: int = 300) ->
     """Run a top-level script as a user would; returns the finished process (never raises on exit code)."""
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo competition with 20 labels per class (200 train images) and its 5 folds."""
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "mnist_small"
+    proc = run_script("prepare_demo.py", "--out-dir", str(data), "--labels-per-class", "20")
+    assert proc.returncode == 0, proc.stderr
+    folds = root / "folds.csv"
+    proc = run_script("make_folds.py", "--data-dir", str(data), "--out", str(folds), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return {"data": data, "folds": folds, "root": root}
+
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet"]
+
+
+def train(demo, exp, *extra, runs=None):
+    """train.py on the small demo with tiny settings; returns the finished process."""
+    runs = runs or demo["root"] / "runs"
+    return run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
+                      "--runs-dir", str(runs), "--exp", exp, *TINY, *extra)

@@ -8,31 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO, TINY, run_script, train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet"]
 METRIC_COLS = ["epoch", "lr", "train_loss", "val_accuracy", "val_macro_f1", "val_log_loss"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo competition with 20 labels per class (200 train images) and its 5 folds."""
-    root = tmp_path_factory.mktemp("demo")
-    data = root / "mnist_small"
-    proc = run_script("prepare_demo.py", "--out-dir", str(data), "--labels-per-class", "20")
-    assert proc.returncode == 0, proc.stderr
-    folds = root / "folds.csv"
-    proc = run_script("make_folds.py", "--data-dir", str(data), "--out", str(folds), "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    return {"data": data, "folds": folds, "root": root}
-
-
-def train(demo, exp, *extra, runs=None):
-    runs = runs or demo["root"] / "runs"
-    return run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
-                      "--runs-dir", str(runs), "--exp", exp, *TINY, *extra)
 
 
 def metrics(run_dir):

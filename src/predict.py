@@ -1,0 +1,134 @@
+"""A trained experiment as a predictor: every fold's best.pt, averaged over folds and TTA views.
+
+    from src.predict import Predictor
+    p = Predictor.load("runs/demo")
+    p.predict("digit.png")  # Prediction(label='7', probs={'0': 0.001, ...})
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from src.config import TrainConfig, UserError, config_from_dict
+from src.data import ImageSpec, decode_all, to_array
+from src.engine import Runtime, norm_tensors, predict_probs, setup_runtime
+from src.metrics import eer_point
+from src.models import build_model
+from src.runs import fold_dir, load_checkpoint, read_oof
+from src.tta import VIEWS, parse_views
+
+
+@dataclass
+class FoldModel:
+    fold: int
+    model: nn.Module
+    norm: tuple
+    best_epoch: int
+
+
+@dataclass
+class Prediction:
+    label: str
+    probs: dict[str, float]
+
+
+def read_experiment(exp_dir: Path) -> dict:
+    """fold0's config.json of an experiment, after checking that every fold has a best.pt."""
+    config = exp_dir / "fold0" / "config.json"
+    if not config.is_file():
+        raise UserError(f"{exp_dir}: no trained folds (expected {config}); run train.py --exp {exp_dir.name} first")
+    info = json.loads(config.read_text())
+    missing = [k for k in range(info["n_folds"]) if not (exp_dir / f"fold{k}" / "best.pt").is_file()]
+    if missing:
+        folds = ",".join(map(str, missing))
+        raise UserError(f"{exp_dir}: no best.pt for fold(s) {folds} of {info['n_folds']}; train them first "
+                        f"(python train.py --exp {exp_dir.name} --fold {folds})")
+    return info
+
+
+class Predictor:
+    """Fold ensemble of one experiment, with the TTA views it averages over."""
+
+    def __init__(self, exp_dir: Path, cfg: TrainConfig, classes: list[str], spec: ImageSpec, folds_csv: str,
+                 folds: list[FoldModel], rt: Runtime, views: list[str]):
+        self.exp_dir, self.cfg, self.classes, self.spec, self.folds_csv = exp_dir, cfg, classes, spec, folds_csv
+        self.folds, self.rt, self.views = folds, rt, views
+        self.threshold: float | None = None
+
+    @classmethod
+    def load(cls, exp_dir: str | Path, device: str = "auto", tta: str = "auto",
+             threshold: float | str | None = None) -> "Predictor":
+        """Load every fold's best.pt (weights_only); `threshold` (binary only): a float, or 'eer' from OOF."""
+        exp_dir = Path(exp_dir)
+        info = read_experiment(exp_dir)
+        states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in range(info["n_folds"])]
+        first = states[0]
+        # The weights come from the checkpoint: never re-read (or require) the original --pretrained file.
+        cfg = dataclasses.replace(config_from_dict(first["config"], source=str(exp_dir)), pretrained="", device=device)
+        rt = setup_runtime(cfg)
+        spec = ImageSpec(**first["image_spec"])
+        folds = []
+        for k, state in enumerate(states):
+            if state["classes"] != first["classes"] or state["image_spec"] != first["image_spec"]:
+                raise UserError(f"{exp_dir}/fold{k}/best.pt: classes or image shape differ from fold 0's; "
+                                f"the folds were trained on different data")
+            model = build_model(cfg, spec.in_chans, len(first["classes"]))
+            model.load_state_dict(state["model"])
+            model.to(rt.device).eval()
+            folds.append(FoldModel(k, model, norm_tensors(state["mean"], state["std"], rt), state["epoch"]))
+        predictor = cls(exp_dir, cfg, first["classes"], spec, info["folds_csv"], folds, rt,
+                        parse_views(tta, cfg.flips))
+        predictor.threshold = predictor.resolve_threshold(threshold)
+        return predictor
+
+    def resolve_threshold(self, threshold: float | str | None) -> float | None:
+        if threshold is None:
+            return None
+        if len(self.classes) != 2:
+            raise UserError(f"a decision threshold needs a binary task; {self.exp_dir} has {len(self.classes)} classes")
+        if threshold != "eer":
+            return float(threshold)
+        y, probs = self.pooled_oof()
+        return eer_point(y, probs[:, 1])[1]
+
+    def pooled_oof(self) -> tuple[np.ndarray, np.ndarray]:
+        """True labels and probabilities of all folds' oof.csv (written by train.py, identity view)."""
+        parts = [read_oof(fold_dir(self.exp_dir.parent, self.exp_dir.name, f.fold) / "oof.csv", self.classes)
+                 for f in self.folds]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def prepare(self, decoded: list[np.ndarray]) -> np.ndarray:
+        """Decoded images -> the uint8 cache shape this experiment was trained on."""
+        return to_array(decoded, self.spec, self.cfg.resize_interp)
+
+    def predict_views(self, images: np.ndarray, views: list[str], folds: list[FoldModel] | None = None,
+                      quiet: bool = True) -> np.ndarray:
+        """Probabilities of shape (folds, views, N, classes)."""
+        folds = self.folds if folds is None else folds
+        batch = self.cfg.batch_size * 4
+        return np.stack([np.stack([predict_probs(f.model, images, batch, f.norm, self.rt, view=VIEWS[v],
+                                                 desc=f"fold {f.fold} {v}", quiet=quiet) for v in views])
+                         for f in folds])
+
+    def predict_array(self, images: np.ndarray, quiet: bool = True) -> np.ndarray:
+        """Fold- and view-averaged probabilities (N, classes)."""
+        return self.predict_views(images, self.views, quiet=quiet).mean(axis=(0, 1))
+
+    def labels_from_probs(self, probs: np.ndarray) -> list[str]:
+        if self.threshold is not None:
+            return [self.classes[int(p >= self.threshold)] for p in probs[:, 1]]
+        return [self.classes[i] for i in probs.argmax(1)]
+
+    def predict_paths(self, paths: list[str | Path]) -> list[Prediction]:
+        probs = self.predict_array(self.prepare(decode_all([Path(p) for p in paths])))
+        return [Prediction(label, dict(zip(self.classes, map(float, row))))
+                for label, row in zip(self.labels_from_probs(probs), probs)]
+
+    def predict(self, path: str | Path) -> Prediction:
+        """Label and per-class probabilities for one image file."""
+        return self.predict_paths([path])[0]

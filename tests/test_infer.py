@@ -1,0 +1,96 @@
+"""infer.py, score.py and the Predictor API on a tiny 5-fold run of the small demo."""
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import make_competition, run_script, train
+from src.predict import Predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(demo):
+    runs = demo["root"] / "infer_runs"
+    proc = train(demo, "tiny", "--fold", "all", runs=runs)
+    assert proc.returncode == 0, proc.stderr
+    return runs
+
+
+def infer(trained, *args):
+    return run_script("infer.py", "--runs-dir", str(trained), "--quiet", *args)
+
+
+def test_infer_writes_a_submission_matching_the_sample_and_scores_it(demo, trained, tmp_path):
+    proc = infer(trained, "--exp", "tiny", "--out-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    sample = pd.read_csv(demo["data"] / "sample_submission.csv", dtype=str)
+    sub = pd.read_csv(tmp_path / "tiny.csv", dtype=str)
+    assert list(sub.columns) == list(sample.columns) and (sub["image"] == sample["image"]).all()
+    assert set(sub["label"]) <= {str(i) for i in range(10)}
+    probs = pd.read_csv(tmp_path / "tiny_test_probs.csv")
+    assert len(probs) == 1000 and probs.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
+    assert len(pd.read_csv(tmp_path / "tiny_oof_probs.csv")) == 200
+    report = (tmp_path / "tiny.md").read_text()
+    for text in ("TTA on OOF rows", "mean of all 5", "chosen: identity+shift_left", "5-fold ensemble + TTA",
+                 "Local leaderboard"):
+        assert text in report, text
+    scored = run_script("score.py", str(tmp_path / "tiny.csv"), "--solution", str(demo["data"] / "solution.csv"))
+    assert scored.returncode == 0 and "accuracy public" in scored.stdout and "private" in scored.stdout
+
+
+def test_greedy_tta_and_proba_submission(demo, trained, tmp_path):
+    proc = infer(trained, "--exp", "tiny", "--out-dir", str(tmp_path), "--tta", "greedy", "--proba")
+    assert proc.returncode == 2 and "use --proba" not in proc.stderr and "not the class names" in proc.stderr
+    assert not (tmp_path / "tiny.csv").exists()  # nothing half-written
+    proc = infer(trained, "--exp", "tiny", "--out-dir", str(tmp_path), "--tta", "greedy", "--name", "g")
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen: identity" in (tmp_path / "g.md").read_text()
+
+
+def test_predictor_round_trip_matches_the_submission_probabilities(demo, trained, tmp_path):
+    assert infer(trained, "--exp", "tiny", "--out-dir", str(tmp_path)).returncode == 0
+    probs = pd.read_csv(tmp_path / "tiny_test_probs.csv", dtype={"image": str}).set_index("image")
+    predictor = Predictor.load(trained / "tiny", device="cpu")
+    pred = predictor.predict(demo["data"] / "test" / "te_00003.png")
+    expected = probs.loc["te_00003"]
+    assert pred.probs == pytest.approx({c: expected[f"prob_{c}"] for c in predictor.classes}, abs=1e-5)
+    assert pred.label == max(pred.probs, key=pred.probs.get)
+    proc = infer(trained, "--exp", "tiny", "--images", str(demo["data"] / "test" / "te_00003.png"))
+    assert proc.returncode == 0 and "te_00003.png" in proc.stdout and pred.label in proc.stdout
+
+
+def test_missing_fold_checkpoint_is_named(trained, tmp_path):
+    shutil.copytree(trained / "tiny", tmp_path / "partial")
+    (tmp_path / "partial" / "fold3" / "best.pt").unlink()
+    proc = run_script("infer.py", "--runs-dir", str(tmp_path), "--exp", "partial", "--out-dir", str(tmp_path))
+    assert proc.returncode == 2 and "no best.pt for fold(s) 3 of 5" in proc.stderr
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_sample_id_without_a_test_image_is_refused(demo, trained, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test").symlink_to(demo["data"] / "test")
+    sample = pd.read_csv(demo["data"] / "sample_submission.csv")
+    sample.loc[5, "image"] = "te_missing"
+    sample.to_csv(data / "sample_submission.csv", index=False)
+    proc = infer(trained, "--exp", "tiny", "--data-dir", str(data), "--out-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("line 7: image for id 'te_missing' not found in " + str(data / "test"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiments_with_different_classes_cannot_be_blended(trained, tmp_path):
+    data = make_competition(tmp_path / "binary", classes=("cat", "dog"), per_class=6)
+    run_script("make_folds.py", "--data-dir", str(data), "--n-folds", "3", "--out", str(data / "folds.csv"))
+    proc = run_script("train.py", "--data-dir", str(data), "--folds-csv", str(data / "folds.csv"), "--runs-dir",
+                      str(trained), "--exp", "binary", "--fold", "all", "--epochs", "1", "--batch-size", "4",
+                      "--lr-warmup-epochs", "0", "--monitor", "eer")
+    assert proc.returncode == 0, proc.stderr
+    proc = infer(trained, "--exp", "tiny", "binary", "--out-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "only experiments on the same data can be blended" in proc.stderr
+    image = str(data / "train" / "dog_1.png")
+    proc = infer(trained, "--exp", "binary", "--images", image, "--threshold", "eer")
+    assert proc.returncode == 0 and "dog_1.png" in proc.stdout

@@ -1,0 +1,62 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.config import UserError
+from src.submission import build_submission, read_sample, score_frame
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture
+def sample():
+    return pd.DataFrame({"id": ["c", "a", "b"], "label": ["cat", "cat", "cat"]})
+
+
+def test_submission_matches_sample_order_and_header(sample):
+    probs = np.array([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    out = build_submission(sample, CLASSES, probs, ["dog", "cat", "owl"], proba=False, source="s.csv")
+    assert list(out.columns) == ["id", "label"] and list(out["id"]) == ["c", "a", "b"]
+    assert list(out["label"]) == ["dog", "cat", "owl"]
+
+
+def test_proba_fills_class_columns_in_the_samples_order():
+    sample = pd.DataFrame({"id": ["x", "y"], "owl": 0, "cat": 0, "dog": 0})
+    probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    out = build_submission(sample, CLASSES, probs, [], proba=True, source="s.csv")
+    assert list(out.columns) == ["id", "owl", "cat", "dog"] and list(out["owl"]) == [0.7, 0.1]
+
+
+def test_binary_proba_with_one_column_gets_the_second_class_probability():
+    sample = pd.DataFrame({"id": ["x", "y"], "target": 0.5})
+    out = build_submission(sample, ["neg", "pos"], np.array([[0.9, 0.1], [0.2, 0.8]]), [], True, "s.csv")
+    assert list(out["target"]) == [0.1, 0.8]
+
+
+def test_columns_that_cannot_be_filled_are_an_error(sample):
+    with pytest.raises(UserError, match="not the class names"):
+        build_submission(sample, CLASSES, np.ones((3, 3)) / 3, [], proba=True, source="s.csv")
+
+
+def test_sample_with_duplicate_ids_is_refused(tmp_path):
+    (tmp_path / "s.csv").write_text("id,label\na,0\na,0\n")
+    with pytest.raises(UserError, match="'a' appears twice"):
+        read_sample(tmp_path / "s.csv")
+
+
+def test_scorer_splits_public_and_private_and_counts_unknown_labels_wrong():
+    solution = pd.DataFrame({"id": list("abcd"), "label": ["cat", "dog", "cat", "owl"],
+                             "Usage": ["Public", "Public", "Private", "Private"]})
+    sub = pd.DataFrame({"id": list("dcba"), "label": ["owl", "cat", "dog", "zebra"]})
+    scores = score_frame(sub, solution)
+    assert scores == {"metric": "accuracy", "public": 0.5, "private": 1.0}
+
+
+def test_scorer_handles_probability_submissions_and_refuses_wrong_ids():
+    solution = pd.DataFrame({"id": ["a", "b"], "label": ["cat", "dog"], "Usage": ["Public", "Private"]})
+    sub = pd.DataFrame({"id": ["a", "b"], "cat": [0.8, 0.3], "dog": [0.2, 0.7]})
+    scores = score_frame(sub, solution)
+    assert scores["metric"] == "log_loss"
+    assert scores["public"] == pytest.approx(-np.log(0.8)) and scores["private"] == pytest.approx(-np.log(0.7))
+    with pytest.raises(UserError, match="ids do not match"):
+        score_frame(sub.iloc[:1], solution)
