@@ -17,6 +17,7 @@ def main() -> None:
     cfg = config_from_args(args)
     if args.print_config:
         import json
+
         from src.config import config_to_dict
         print(json.dumps(config_to_dict(cfg), indent=2))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from src.config import UserError
+from src.errors import UserError
 
 
 def run_main(main: Callable[[], None], interrupt_hint: str = "") -> None:

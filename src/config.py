@@ -15,10 +15,7 @@ from pathlib import Path
 
 import yaml
 
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
-
+from src.errors import UserError
 
 CHOICES = {
     "augment": ("none", "light", "heavy"),
@@ -33,6 +30,16 @@ CHOICES = {
     "monitor_mode": ("auto", "max", "min"),
     "device": ("auto", "cpu", "cuda"),
 }
+
+INF = float("inf")
+# Allowed values: (low, high, brackets); "[)" means low <= value < high.
+RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF, "()"), "ema_decay": (0, 1, "[)"),
+          "image_size_px": (0, INF, "[)"), "weight_decay": (0, INF, "[)"), "momentum": (0, 1, "[)"),
+          "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "lr_step_epochs": (1, INF, "[)"),
+          "lr_step_gamma": (0, 1, "()"), "plateau_patience_epochs": (0, INF, "[)"), "plateau_factor": (0, 1, "()"),
+          "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
+          "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
+          "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)")}
 
 HELP = {
     "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
@@ -140,17 +147,15 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"config: {name}={getattr(self, name)!r} is not one of {list(allowed)}")
-        positive = ("epochs", "batch_size", "lr")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise UserError(f"config: {name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise UserError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        non_negative = ("image_size_px", "weight_decay", "lr_warmup_epochs", "lr_min_ratio", "drop_rate",
-                        "label_smoothing", "loss_switch_epoch", "patience_epochs", "min_delta", "threads")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise UserError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        for name, (low, high, brackets) in RANGES.items():
+            value = getattr(self, name)
+            above = value >= low if brackets[0] == "[" else value > low
+            below = value <= high if brackets[1] == "]" else value < high
+            if not (above and below):  # NaN fails both
+                raise UserError(f"config: {name} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
+        if self.loss2 and not 0 < self.loss_switch_epoch < self.epochs:
+            raise UserError(f"config: with loss2 set, loss_switch_epoch must be in 1..{self.epochs - 1} "
+                            f"(got {self.loss_switch_epoch})")
         if self.lr_warmup_epochs >= self.epochs:
             raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):
@@ -202,6 +207,8 @@ def load_config_file(path: str | Path) -> dict:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise UserError(f"{path}: cannot parse config ({str(err).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read config ({err})") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -1,15 +1,20 @@
 """Cross-validated training: validate the data and folds once, decode images once, train the chosen folds."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import signal
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from src.config import TrainConfig, UserError, config_to_dict
-from src.data import channel_stats, decode_all, file_sha256, infer_spec, read_train_table, to_array
+from src.config import TrainConfig, config_to_dict
+from src.data import LabelTable, channel_stats, decode_all, file_sha256, infer_spec, read_train_table, to_array
 from src.engine import setup_runtime
+from src.metrics import metric_names
+from src.errors import UserError
 from src.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
@@ -22,31 +27,72 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Make the fold's folder; True when it holds a last.pt to resume from.
+def run_dir_action(run_dir: Path, resume: bool, overwrite: bool) -> str:
+    """'resume', 'fresh' or 'replace' for a fold's folder, decided before any training starts.
 
     An existing run is never mixed with a new one: it needs --resume (continue) or --overwrite (replace).
     """
     if resume and (run_dir / "last.pt").is_file():
-        return True
+        return "resume"
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (resume or overwrite):
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)  # with --resume: a run that never finished an epoch; nothing to keep
+        return "replace"  # with --resume: a run that never finished an epoch; nothing to keep
+    return "fresh"
+
+
+def write_run_record(run_dir: Path, action: str, record: dict) -> None:
+    """config.json: written when a run starts; a resume only appends when and with which code it went on."""
+    if action == "replace":
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return False
+    path = run_dir / "config.json"
+    if action == "resume" and path.is_file():
+        previous = json.loads(path.read_text())
+        previous.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"),
+                                                   "git_commit": record["git_commit"]})
+        record = previous
+    write_json(path, record)
+
+
+def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
+    """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file)."""
+    table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
+    folds_path = Path(cfg.folds_csv) if cfg.folds_csv else default_folds_path("folds", cfg.data_dir)
+    fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
+    check_class_counts(table.labels, table.classes, int(fold_of.max()) + 1, str(table.source))
+    if cfg.monitor not in metric_names(len(table.classes)):
+        raise UserError(f"--monitor {cfg.monitor} needs a binary task; {table.source} has "
+                        f"{len(table.classes)} classes")
+    return table, fold_of, folds_path
+
+
+def fingerprint(table: LabelTable, folds_path: Path, images: np.ndarray) -> dict:
+    """Hashes that tell whether a resumed or summarised run saw the same data and folds."""
+    return {"train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
+            "folds_csv_sha256": file_sha256(folds_path),
+            "image_cache_sha1": hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()}
+
+
+def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
+                 info: dict, rt) -> FoldTrainer:
+    """The trainer for fold k: its rows, normalisation from its training rows only, and the model."""
+    is_val = fold_of == k
+    train_rows = np.flatnonzero(~is_val)
+    mean, std = channel_stats(images[train_rows])
+    data = FoldData(images[train_rows], table.labels[train_rows], images[is_val], table.labels[is_val],
+                    [table.ids[i] for i in np.flatnonzero(is_val)])
+    return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
 
 
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False) -> list[dict]:
     """Train each requested fold; returns one metrics dict per fold and prints the OOF summary."""
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
-    table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
-    folds_path = Path(cfg.folds_csv) if cfg.folds_csv else default_folds_path("folds", cfg.data_dir)
-    fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
+    table, fold_of, folds_path = load_labelled(cfg)
     n_folds = int(fold_of.max()) + 1
-    check_class_counts(table.labels, table.classes, n_folds, str(table.source))
     folds = parse_fold_arg(fold_arg, n_folds)
+    actions = {k: run_dir_action(fold_dir(cfg.runs_dir, cfg.exp, k), resume, overwrite) for k in folds}
     rt = setup_runtime(cfg)
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}")
@@ -54,26 +100,18 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     spec = infer_spec(decoded, cfg.image_size_px)
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
-    provenance = {"n_folds": n_folds, "git_commit": git_commit(REPO), "packages": package_versions(),
-                  "train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
-                  "folds_csv": str(folds_path), "folds_csv_sha256": file_sha256(folds_path)}
+    info = {"classes": table.classes, "spec": spec, "fingerprint": fingerprint(table, folds_path, images)}
+    record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
+              "packages": package_versions()}
     results = []
     for k in folds:
-        run_dir = fold_dir(cfg.runs_dir, cfg.exp, k)
-        is_val = fold_of == k
-        train_rows = np.flatnonzero(~is_val)
-        mean, std = channel_stats(images[train_rows])
-        info = DataInfo(table.classes, spec, mean, std)
-        data = FoldData(images[train_rows], table.labels[train_rows], images[is_val], table.labels[is_val],
-                        [table.ids[i] for i in np.flatnonzero(is_val)])
-        trainer = FoldTrainer(cfg, k, run_dir, data, info, rt)  # builds the model: bad names fail before any file
-        resuming = prepare_run_dir(run_dir, resume, overwrite)
-        write_json(run_dir / "config.json", {"config": config_to_dict(cfg), "fold": k, **info.to_dict(),
-                                             "n_train": len(train_rows), "n_val": int(is_val.sum()), **provenance})
-        if resuming:
+        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
+        write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
+            trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
+        if actions[k] == "resume":
             trainer.resume()
         trainer.fit(quiet)
         results.append(trainer.write_oof())
-    summary = summarize_oof(exp_dir(cfg.runs_dir, cfg.exp), table.classes)
+    summary = summarize_oof(exp_dir(cfg.runs_dir, cfg.exp), table.classes, config_to_dict(cfg), info["fingerprint"])
     print(f"\nOOF summary ({exp_dir(cfg.runs_dir, cfg.exp)}/oof_summary.md):\n{markdown_table(summary)}")
     return results

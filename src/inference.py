@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from src.atomic import write_csv, write_text
-from src.config import UserError
 from src.data import decode_all, read_train_table, resolve_image_path
 from src.ensemble import blend, fit_weights, nested_blend
+from src.errors import UserError
 from src.folds import read_folds
 from src.metrics import accuracy, logloss
 from src.predict import Predictor

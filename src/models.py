@@ -8,7 +8,8 @@ import torch
 from timm.models import adapt_input_conv, register_model
 from torch import nn
 
-from src.config import TrainConfig, UserError
+from src.config import TrainConfig
+from src.errors import UserError
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:

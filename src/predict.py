@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from src.config import TrainConfig, UserError, config_from_dict
+from src.config import TrainConfig, config_from_dict
 from src.data import ImageSpec, decode_all, to_array
 from src.engine import Runtime, norm_tensors, predict_probs, setup_runtime
+from src.errors import UserError
 from src.metrics import eer_point
 from src.models import build_model
 from src.runs import fold_dir, load_checkpoint, read_oof

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from src.atomic import save_figure, write_csv, write_text  # noqa: E402
-from src.config import UserError  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.metrics import compute_metrics  # noqa: E402
 
 CHECKPOINT_FORMAT = 1
@@ -95,10 +95,16 @@ def read_oof(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray, pd
     return frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy(), frame
 
 
-def summarize_oof(exp: Path, classes: list[str]) -> pd.DataFrame:
-    """Per-fold and overall OOF metrics (plus mean ± std over folds); saved as CSV and Markdown."""
+def summarize_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> pd.DataFrame:
+    """Per-fold and overall OOF metrics (plus mean ± std over folds); saved as CSV and Markdown.
+
+    Only folds trained with this config on this data count; others (an older run) are named and skipped."""
     rows, all_y, all_p = [], [], []
     for path in sorted(exp.glob("fold*/oof.csv"), key=lambda p: int(p.parent.name[4:])):
+        record = json.loads((path.parent / "config.json").read_text())
+        if record.get("config") != config or record.get("fingerprint") != fingerprint:
+            print(f"OOF summary: skipping {path.parent.name} (trained with another config or data)")
+            continue
         y, probs, _ = read_oof(path, classes)
         rows.append({"fold": path.parent.name[4:], "n": len(y), **compute_metrics(y, probs)})
         all_y.append(y)

@@ -78,7 +78,11 @@ class PlateauScale:
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """True when `value` beats `best` by more than `min_delta` in direction `mode` ('max' or 'min')."""
+    """True when `value` beats `best` by more than `min_delta` in direction `mode` ('max' or 'min').
+
+    NaN (e.g. ROC-AUC on a fold missing a class) never counts as an improvement."""
+    if value != value:
+        return False
     if best is None:
         return True
     return value > best + min_delta if mode == "max" else value < best - min_delta

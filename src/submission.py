@@ -9,8 +9,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from src.atomic import write_csv
-from src.config import UserError
 from src.data import read_csv_checked
+from src.errors import UserError
 from src.metrics import METRICS
 
 

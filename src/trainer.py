@@ -10,19 +10,28 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
+from src.atomic import save_torch
 from src.augment import build_transforms
-from src.config import TrainConfig, UserError, config_to_dict
+from src.config import TrainConfig, config_to_dict
 from src.data import ImageSpec
-from src.engine import (ArrayBatches, Runtime, build_optimizer, norm_tensors, predict_probs, steps_per_epoch,
-                        train_loader, train_one_epoch)
+from src.engine import (
+    ArrayBatches,
+    Runtime,
+    build_optimizer,
+    norm_tensors,
+    predict_probs,
+    steps_per_epoch,
+    to_input,
+    train_loader,
+    train_one_epoch,
+)
+from src.errors import UserError
 from src.losses import balanced_class_weights, build_loss
 from src.metrics import compute_metrics, metric_mode
 from src.models import build_model
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.runs import CHECKPOINT_FORMAT, load_checkpoint, plot_curves, write_log, write_oof
-from src.atomic import save_torch
 from src.schedule import EarlyStopping, PlateauScale, build_schedule, lr_factor_at
-
 
 PLOT_EVERY_S = 30
 
@@ -50,9 +59,11 @@ class DataInfo:
     spec: ImageSpec
     mean: list[float]
     std: list[float]
+    fingerprint: dict
 
     def to_dict(self) -> dict:
-        return {"classes": self.classes, "image_spec": vars(self.spec), "mean": self.mean, "std": self.std}
+        return {"classes": self.classes, "image_spec": vars(self.spec), "mean": self.mean, "std": self.std,
+                "fingerprint": self.fingerprint}
 
 
 class FoldTrainer:
@@ -80,8 +91,24 @@ class FoldTrainer:
         self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
         self.dataset = ArrayBatches(data.train_images, data.train_labels, build_transforms(cfg.augment, cfg.flips))
         self.norm = norm_tensors(info.mean, info.std, rt)
+        self.check_forward()
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
         self.last_plot_time = time.monotonic()
+
+    def check_forward(self) -> None:
+        """One forward pass on two validation images, so a model that cannot take this input size fails
+        now, with a message, instead of after the run directory exists."""
+        x = to_input(torch.from_numpy(self.data.val_images[:2]), *self.norm, self.rt)
+        spec = self.info.spec
+        try:
+            with torch.no_grad():
+                out = self.model.eval()(x)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise UserError(f"model {self.cfg.model} cannot take {spec.height_px}x{spec.width_px}x{spec.in_chans} "
+                            f"input ({str(err).splitlines()[0][:100]}); set --image-size-px to the size it "
+                            f"expects or pick another model") from None
+        if tuple(out.shape) != (len(x), len(self.info.classes)):
+            raise UserError(f"model {self.cfg.model} returns shape {tuple(out.shape)}, not (batch, classes)")
 
     # --- state -------------------------------------------------------------------------------------------
     def header(self) -> dict:
@@ -112,6 +139,10 @@ class FoldTrainer:
                             f"config, or start a new --exp")
         if state["classes"] != self.info.classes:
             raise UserError(f"{path}: class list differs from the data's; this checkpoint is for other data")
+        if state["fingerprint"] != self.info.fingerprint:
+            changed = [k for k, v in self.info.fingerprint.items() if state["fingerprint"].get(k) != v]
+            raise UserError(f"{path}: the data changed since this run started ({', '.join(changed)} differ); "
+                            f"rows could move between training and validation, so start a new --exp")
         self.model.load_state_dict(state["model"])
         if self.ema:
             self.ema.module.load_state_dict(state["ema"])
@@ -130,7 +161,8 @@ class FoldTrainer:
     def run_epoch(self, quiet: bool) -> dict:
         cfg, rt = self.cfg, self.rt
         use_second = cfg.loss2 and self.epoch >= cfg.loss_switch_epoch
-        loss_fn = self.losses[cfg.loss2 if use_second else cfg.loss]
+        loss_name = cfg.loss2 if use_second else cfg.loss
+        loss_fn = self.losses[loss_name]
         loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
                               self.num_workers(), pin_memory=rt.device.type == "cuda")
         start = time.perf_counter()
@@ -142,7 +174,7 @@ class FoldTrainer:
                                 f"lower --lr or check the data (last good checkpoint: {last})")
         probs = predict_probs(self.eval_model, self.data.val_images, cfg.batch_size * 2, self.norm, rt)
         metrics = compute_metrics(self.data.val_labels, probs)
-        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_fn.__class__.__name__,
+        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_name,
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from src.config import UserError
+from src.errors import UserError
 from src.metrics import logloss
 
 View = Callable[[torch.Tensor], torch.Tensor]

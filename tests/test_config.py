@@ -2,9 +2,10 @@ import argparse
 import json
 
 import pytest
-
 from conftest import run_script
-from src.config import TrainConfig, UserError, add_config_flags, config_from_args, config_from_dict
+
+from src.config import TrainConfig, add_config_flags, config_from_args, config_from_dict
+from src.errors import UserError
 
 
 def parse(argv):
@@ -39,9 +40,21 @@ def test_json_config_with_unknown_key_is_refused(tmp_path):
         parse(["--config", str(path)])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], r"lr must be in \(0, inf\), got 0.0"),
+    (["--lr", "nan"], r"lr must be in \(0, inf\), got nan"),
+    (["--label-smoothing", "2"], r"label_smoothing must be in \[0, 1\)"),
+    (["--drop-rate", "1.5"], r"drop_rate must be in \[0, 1\)"),
+    (["--plateau-factor", "1"], r"plateau_factor must be in \(0, 1\)"),
+    (["--num-workers", "-3"], r"num_workers must be in \[-1, inf\)"),
+    (["--loss2", "ce"], r"with loss2 set, loss_switch_epoch must be in 1..14"),
+])
+def test_out_of_range_values_are_refused(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse(argv)
+
+
 def test_invalid_values_are_refused():
-    with pytest.raises(UserError, match="lr must be > 0"):
-        parse(["--lr", "0"])
     with pytest.raises(UserError, match="lr_warmup_epochs"):
         parse(["--epochs", "2", "--lr-warmup-epochs", "2"])
 

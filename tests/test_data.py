@@ -5,8 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.config import UserError
-from src.data import decode_image, infer_spec, read_train_table, sort_classes, to_array
+from src.data import (
+    channel_stats,
+    decode_image,
+    infer_spec,
+    read_train_table,
+    sort_classes,
+    to_array,
+)
+from src.errors import UserError
 
 
 def read(root):
@@ -101,3 +108,18 @@ def test_mixed_sizes_and_channels_are_resized_into_one_array():
     out = to_array([gray, colour, gray], spec, "area")
     assert out.shape == (3, 10, 10, 3) and out[1, :, :, 0].min() == 255
     assert infer_spec([gray, gray], image_size_px=32).height_px == 32
+
+
+def test_channel_stats_match_numpy_on_the_whole_array():
+    images = np.random.default_rng(0).integers(0, 256, (600, 5, 4, 3), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    pixels = images.reshape(-1, 3) / 255.0
+    assert mean == pytest.approx(pixels.mean(0).tolist()) and std == pytest.approx(pixels.std(0).tolist())
+
+
+def test_hidden_folders_are_not_imagefolder_classes(tmp_path, competition):
+    root = tmp_path / "folder"
+    for name in ("cat", "dog", ".ipynb_checkpoints", "__MACOSX"):
+        (root / "train" / name).mkdir(parents=True)
+        os.link(competition / "train" / "cat_0.png", root / "train" / name / "a.png")
+    assert read(root).classes == ["cat", "dog"]

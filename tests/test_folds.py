@@ -3,11 +3,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_competition
-from src.config import UserError
+
 from src.data import read_train_table
-from src.folds import assign_folds, connected_groups, make_fold_file, parse_fold_arg, read_folds
+from src.errors import UserError
+from src.folds import (
+    assign_folds,
+    connected_groups,
+    make_fold_file,
+    parse_fold_arg,
+    read_folds,
+)
 
 
 def test_folds_are_stratified_and_deterministic():
@@ -80,3 +86,30 @@ def test_fold_argument_parsing_and_range_check():
         parse_fold_arg("5", 5)
     with pytest.raises(UserError, match="comma list"):
         parse_fold_arg("first", 5)
+
+
+def test_fold_numbers_with_a_gap_are_refused(tmp_path, competition):
+    table = read_train_table(competition, "train.csv", "train", "image", "label")
+    frame = make_fold_file(str(competition), "train.csv", "train", "image", "label", "", 3, 0, tmp_path / "f.csv")
+    frame.loc[frame["fold"] == 1, "fold"] = 3
+    frame.to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(UserError, match=r"numbered 0..K-1.*found \[0, 2, 3\]"):
+        read_folds(tmp_path / "gap.csv", table, "image", "label")
+
+
+def test_repeated_folds_run_once():
+    assert parse_fold_arg("1,0,1", 3) == [1, 0]
+
+
+def test_blank_group_values_are_separate_groups_and_too_few_groups_are_refused(tmp_path):
+    root = make_competition(tmp_path / "c", per_class=12)
+    table = pd.read_csv(root / "train.csv")
+    table["site"] = ""
+    table.loc[:5, "site"] = "s1"
+    table.to_csv(root / "train.csv", index=False)
+    frame = make_fold_file(str(root), "train.csv", "train", "image", "label", "site", 3, 0, tmp_path / "f.csv")
+    assert frame.loc[:5, "fold"].nunique() == 1 and frame["fold"].value_counts().max() <= 14
+    table["site"] = np.where(np.arange(len(table)) % 2, "a", "b")
+    table.to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match="only 2 groups .* for 3 folds"):
+        make_fold_file(str(root), "train.csv", "train", "image", "label", "site", 3, 0, tmp_path / "g.csv")

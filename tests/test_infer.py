@@ -3,8 +3,8 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import make_competition, run_script, train
+
 from src.predict import Predictor
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.config import TrainConfig, UserError
+from src.config import TrainConfig
 from src.engine import build_optimizer
+from src.errors import UserError
 from src.losses import FocalLoss, balanced_class_weights, build_loss
 from src.models import build_model
 

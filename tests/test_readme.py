@@ -3,6 +3,7 @@ import dataclasses
 import re
 
 from conftest import REPO, run_script
+
 from src.config import TrainConfig
 
 README = (REPO / "README.md").read_text()

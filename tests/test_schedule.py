@@ -3,7 +3,13 @@ import math
 import pytest
 
 from src.config import TrainConfig
-from src.schedule import EarlyStopping, PlateauScale, Schedule, build_schedule, lr_factor_at
+from src.schedule import (
+    EarlyStopping,
+    PlateauScale,
+    Schedule,
+    build_schedule,
+    lr_factor_at,
+)
 
 
 def sched(kind, total=100, warmup=10, min_ratio=0.01, every=30, gamma=0.1):
@@ -77,3 +83,10 @@ def test_early_stopping_min_mode_and_disabled_patience():
     for epoch in range(2, 20):
         stop.update(0.9, epoch)
     assert not stop.should_stop and stop.best == 0.5 and not math.isnan(stop.best)
+
+
+def test_nan_is_never_an_improvement():
+    stop = EarlyStopping(mode="max", patience_epochs=3)
+    assert not stop.update(float("nan"), 0)
+    assert stop.update(0.5, 1) and stop.best == 0.5
+    assert not stop.update(float("nan"), 2)

@@ -7,7 +7,6 @@ import time
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO, TINY, run_script, train
 
 pytestmark = pytest.mark.slow
@@ -95,6 +94,8 @@ def test_an_existing_run_needs_resume_or_overwrite(demo):
     (["--fold", "7"], "--fold 7 is out of range"),
     (["--model", "resnet_does_not_exist"], "is not a timm model name"),
     (["--pretrained", "/nonexistent/weights.pt"], "file not found"),
+    (["--monitor", "eer"], "--monitor eer needs a binary task"),
+    (["--model", "vit_tiny_patch16_224"], "cannot take 28x28x1 input"),
 ])
 def test_bad_arguments_fail_before_training_and_write_nothing(demo, extra, message):
     runs = demo["root"] / "bad"
@@ -117,3 +118,11 @@ def test_missing_image_fails_with_the_row_named(tmp_path, demo):
     assert proc.stderr.strip() == f"error: {data / 'train.csv'} line 9: image for id 'tr_missing' not found in " \
                                   f"{data / 'train'}"
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_existing_fold_is_found_before_any_other_fold_trains(demo):
+    runs = demo["root"] / "prechecked"
+    assert train(demo, "x", "--fold", "1", "--epochs", "1", runs=runs).returncode == 0
+    proc = train(demo, "x", "--fold", "all", "--epochs", "1", runs=runs)
+    assert proc.returncode == 2 and "fold1 already holds a run" in proc.stderr
+    assert not (runs / "x" / "fold0").exists()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.config import UserError
+from src.errors import UserError
 from src.submission import build_submission, read_sample, score_frame
 
 CLASSES = ["cat", "dog", "owl"]

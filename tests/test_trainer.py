@@ -6,7 +6,8 @@ import torch
 from src.config import TrainConfig
 from src.data import ImageSpec
 from src.engine import setup_runtime
-from src.runs import load_checkpoint
+from src.errors import UserError
+from src.runs import load_checkpoint, write_oof
 from src.trainer import DataInfo, FoldData, FoldTrainer, NonFiniteLoss
 
 
@@ -23,7 +24,7 @@ def make_trainer(tmp_path, **overrides):
     images, labels = binary_task()
     cfg = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr_warmup_epochs": 0.5, **overrides})
     data = FoldData(images[:48], labels[:48], images[48:], labels[48:], [f"v{i}" for i in range(16)])
-    info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3])
+    info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3], {"data": "tiny"})
     return FoldTrainer(cfg, 0, tmp_path, data, info, setup_runtime(cfg))
 
 
@@ -54,7 +55,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_loss_switch_epoch_changes_the_loss(tmp_path):
     trainer = make_trainer(tmp_path, loss="ce", loss2="focal", loss_switch_epoch=2)
     trainer.fit(quiet=True)
-    assert [row["loss"] for row in trainer.log] == ["CrossEntropyLoss", "CrossEntropyLoss", "FocalLoss"]
+    assert [row["loss"] for row in trainer.log] == ["ce", "ce", "focal"]
 
 
 def test_early_stopping_ends_the_run_before_the_last_epoch(tmp_path):
@@ -71,3 +72,33 @@ def test_every_scheduler_trains_and_plots_its_curve(tmp_path, scheduler):
     assert len(trainer.log) == 3 and all(np.isfinite(row["train_loss"]) for row in trainer.log)
     if scheduler == "step":
         assert [round(r["lr"] / trainer.cfg.lr, 6) for r in trainer.log] == [1.0, 0.1, 0.01]
+
+
+def test_resume_refuses_a_checkpoint_made_on_other_data(tmp_path):
+    first = make_trainer(tmp_path, epochs=2)
+    first.run_epoch(quiet=True)
+    first.epoch = 1
+    first.save_last()
+    again = make_trainer(tmp_path, epochs=2)
+    again.info.fingerprint = {"data": "changed"}
+    with pytest.raises(UserError, match="the data changed since this run started"):
+        again.resume()
+
+
+def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path):
+    with pytest.raises(UserError, match="cannot take 24x24x1 input"):
+        make_trainer(tmp_path, model="vit_tiny_patch16_224")
+    assert not list(tmp_path.iterdir())
+
+
+def test_oof_summary_skips_folds_from_another_config(tmp_path):
+    from src.runs import summarize_oof, write_json
+    classes = ["neg", "pos"]
+    for k, lr in ((0, 0.1), (1, 0.1), (2, 0.5)):
+        run = tmp_path / f"fold{k}"
+        run.mkdir()
+        write_json(run / "config.json", {"config": {"lr": lr}, "fingerprint": {"d": 1}})
+        probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+        write_oof(run, [f"a{k}", f"b{k}"], np.array([0, 1]), probs, classes, k)
+    table = summarize_oof(tmp_path, classes, {"lr": 0.1}, {"d": 1})
+    assert list(table["fold"][:2]) == ["0", "1"] and table["n"].iloc[-1] == 4

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import UserError
+from src.errors import UserError
 from src.tta import VIEWS, candidate_views, greedy_views, parse_views, shift
 
 
