@@ -11,11 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from src.config import TrainConfig, config_to_dict
-from src.data import LabelTable, channel_stats, decode_all, file_sha256, infer_spec, read_train_table, to_array
+from src.data import (
+    LabelTable,
+    channel_stats,
+    decode_all,
+    file_sha256,
+    infer_spec,
+    read_train_table,
+    to_array,
+)
 from src.engine import setup_runtime
-from src.metrics import metric_names
 from src.errors import UserError
 from src.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
+from src.metrics import metric_names
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
 from src.trainer import DataInfo, FoldData, FoldTrainer

@@ -8,7 +8,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.atomic import write_csv
-from src.data import LabelTable, decode_all, pixel_hash, read_csv_checked, read_train_table
+from src.data import (
+    LabelTable,
+    decode_all,
+    pixel_hash,
+    read_csv_checked,
+    read_train_table,
+)
 from src.errors import UserError
 
 

@@ -30,7 +30,13 @@ from src.losses import balanced_class_weights, build_loss
 from src.metrics import compute_metrics, metric_mode
 from src.models import build_model
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
-from src.runs import CHECKPOINT_FORMAT, load_checkpoint, plot_curves, write_log, write_oof
+from src.runs import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    plot_curves,
+    write_log,
+    write_oof,
+)
 from src.schedule import EarlyStopping, PlateauScale, build_schedule, lr_factor_at
 
 PLOT_EVERY_S = 30
