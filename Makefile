@@ -11,12 +11,14 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-# Prepare the offline demo competition, (re)make its folds, train all 5 folds, print the OOF table.
+# Prepare the offline demo competition, (re)make its folds, train all 5 folds (prints the OOF table),
+# predict the test set with the fold ensemble + TTA, and print the public/private leaderboard score.
 # --resume makes a second `make demo` (or one after Ctrl-C) continue instead of starting over.
 demo: venv
 	$(PY) prepare_demo.py
 	$(PY) make_folds.py --data-dir data/mnist5k
 	$(PY) train.py --exp demo --fold all --resume
+	$(PY) infer.py --exp demo
 
 test: venv
 	$(PY) -m pytest -x -q

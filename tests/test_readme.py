@@ -16,7 +16,7 @@ def test_every_config_key_is_documented_with_its_current_default():
 
 
 def test_every_script_flag_is_documented():
-    for script in ("train.py", "make_folds.py", "prepare_demo.py"):
+    for script in ("train.py", "make_folds.py", "prepare_demo.py", "infer.py", "score.py"):
         help_text = run_script(script, "--help").stdout
         flags = set(re.findall(r"--[a-z][a-z0-9-]+", help_text)) - {"--help"}
         if script == "train.py":  # config keys are documented in the key table, by their key name
