@@ -5,36 +5,42 @@
     python infer.py --exp demo --images a.png b.png # just predict some files
 """
 import argparse
+import dataclasses
 
 from src.cli import quiet_default, run_main
+from src.inference import InferOptions, make_submission, predict_files
+
+CHOICES = {"blend": ["mean", "fitted"], "device": ["auto", "cpu", "cuda"]}
+HELP = {
+    "runs_dir": "where the experiments are",
+    "data_dir": "competition folder with test/ and sample_submission.csv (default: the experiment's)",
+    "test_dir": "test image folder inside the data folder",
+    "sample_csv": "sample submission inside the data folder",
+    "solution_csv": "inside the data folder; when it exists, the public/private score is printed",
+    "tta": "auto (one-pixel shifts, plus the flips the model was trained with), none, greedy (forward "
+           "selection on OOF log-loss), or a comma list of views",
+    "blend": "how several experiments are combined (folds are always averaged)",
+    "proba": "write per-class probabilities, not labels",
+    "threshold": "binary tasks: probability of the second class from which it is predicted (a number, or "
+                 "'eer' for the OOF equal-error-rate point)",
+    "name": "submission name (default: the experiment names joined by +)",
+    "out_dir": "output folder",
+    "device": "where the models run",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp", nargs="+", required=True, help="experiment name(s) under --runs-dir")
-    parser.add_argument("--runs-dir", default="runs", help="where the experiments are (default runs)")
-    parser.add_argument("--data-dir", default="", help="competition folder with test/ and sample_submission.csv "
-                        "(default: the one the experiment was trained on)")
-    parser.add_argument("--tta", default="auto", help="auto (one-pixel shifts, plus the flips the model was "
-                        "trained with), none, greedy (forward selection on OOF log-loss), or a comma list of views")
-    parser.add_argument("--blend", choices=["mean", "fitted"], default="mean",
-                        help="how several experiments are combined (folds are always averaged)")
-    parser.add_argument("--proba", action="store_true", help="write per-class probabilities, not labels")
-    parser.add_argument("--threshold", default="", help="binary tasks: probability of the second class above "
-                        "which it is predicted (a number, or 'eer' for the OOF equal-error-rate point)")
-    parser.add_argument("--name", default="", help="submission name (default: the experiment names joined by +)")
-    parser.add_argument("--out-dir", default="submissions", help="output folder (default submissions)")
-    parser.add_argument("--test-dir", default="test", help="test image folder inside the data folder")
-    parser.add_argument("--sample-csv", default="sample_submission.csv", help="inside the data folder")
-    parser.add_argument("--solution-csv", default="solution.csv",
-                        help="inside the data folder; when it exists, the public/private score is printed")
     parser.add_argument("--images", nargs="+", help="predict these image files instead of the test set")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto")
+    for f in dataclasses.fields(InferOptions):
+        if f.name in HELP:  # one place for defaults: InferOptions
+            kind = {"action": "store_true"} if f.type in (bool, "bool") else {"choices": CHOICES.get(f.name)}
+            parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,
+                                help=f"{HELP[f.name]} (default: {f.default!r})")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.inference import InferOptions, make_submission, predict_files
-    options = InferOptions(**{k: v for k, v in vars(args).items() if k not in ("exp", "images")},
-                           exps=args.exp)
+    options = InferOptions(exps=args.exp, **{k: v for k, v in vars(args).items() if k not in ("exp", "images")})
     options.name = options.name or "+".join(args.exp)
     if args.images:
         predict_files(options, args.images)

@@ -1,7 +1,6 @@
 """Cross-validated training: validate the data and folds once, decode images once, train the chosen folds."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import signal
@@ -14,8 +13,8 @@ from src.config import TrainConfig, config_to_dict
 from src.data import (
     LabelTable,
     channel_stats,
+    data_fingerprint,
     decode_all,
-    file_sha256,
     infer_spec,
     read_train_table,
     to_array,
@@ -75,13 +74,6 @@ def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
     return table, fold_of, folds_path
 
 
-def fingerprint(table: LabelTable, folds_path: Path, images: np.ndarray) -> dict:
-    """Hashes that tell whether a resumed or summarised run saw the same data and folds."""
-    return {"train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
-            "folds_csv_sha256": file_sha256(folds_path),
-            "image_cache_sha1": hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()}
-
-
 def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
                  info: dict, rt) -> FoldTrainer:
     """The trainer for fold k: its rows, normalisation from its training rows only, and the model."""
@@ -108,7 +100,7 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     spec = infer_spec(decoded, cfg.image_size_px)
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
-    info = {"classes": table.classes, "spec": spec, "fingerprint": fingerprint(table, folds_path, images)}
+    info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images)}
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions()}
     results = []

@@ -232,3 +232,10 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def data_fingerprint(table: LabelTable, folds_path: Path, images: np.ndarray) -> dict:
+    """Hashes that tell whether a resumed, summarised or predicted run sees the data it was trained on."""
+    return {"train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
+            "folds_csv_sha256": file_sha256(folds_path),
+            "image_cache_sha1": hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()}

@@ -29,13 +29,22 @@ def fit_weights(y: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
     return w / w.sum()
 
 
-def nested_blend(y: np.ndarray, fold_of: np.ndarray, probs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """OOF blend where each fold's rows use weights fitted on the other folds only; also returns those weights."""
-    out = np.zeros_like(probs[0])
-    weights = []
+def nested_fit(fold_of: np.ndarray, fit, apply) -> tuple[np.ndarray, list]:
+    """Held-out predictions where each fold's rows use parameters fitted on the other folds only.
+
+    fit(train_rows) -> params; apply(params, held_rows) -> predictions for those rows."""
+    out, params = None, []
     for k in np.unique(fold_of):
         held = fold_of == k
-        w = fit_weights(y[~held], [p[~held] for p in probs])
-        out[held] = blend([p[held] for p in probs], w)
-        weights.append(w)
-    return out, weights
+        fitted = fit(~held)
+        part = apply(fitted, held)
+        out = np.zeros((len(fold_of),) + part.shape[1:], dtype=part.dtype) if out is None else out
+        out[held] = part
+        params.append(fitted)
+    return out, params
+
+
+def nested_blend(y: np.ndarray, fold_of: np.ndarray, probs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """OOF blend where each fold's rows use weights fitted on the other folds only; also returns those weights."""
+    return nested_fit(fold_of, fit=lambda rows: fit_weights(y[rows], [p[rows] for p in probs]),
+                      apply=lambda w, rows: blend([p[rows] for p in probs], w))

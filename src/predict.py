@@ -39,16 +39,22 @@ class Prediction:
 
 
 def read_experiment(exp_dir: Path) -> dict:
-    """fold0's config.json of an experiment, after checking that every fold has a best.pt."""
+    """fold0's config.json of an experiment, after checking that every fold finished (best.pt and oof.csv)."""
     config = exp_dir / "fold0" / "config.json"
     if not config.is_file():
         raise UserError(f"{exp_dir}: no trained folds (expected {config}); run train.py --exp {exp_dir.name} first")
-    info = json.loads(config.read_text())
-    missing = [k for k in range(info["n_folds"]) if not (exp_dir / f"fold{k}" / "best.pt").is_file()]
-    if missing:
-        folds = ",".join(map(str, missing))
-        raise UserError(f"{exp_dir}: no best.pt for fold(s) {folds} of {info['n_folds']}; train them first "
-                        f"(python train.py --exp {exp_dir.name} --fold {folds})")
+    try:
+        info = json.loads(config.read_text())
+        n_folds = int(info["n_folds"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{config}: not a config.json written by train.py") from None
+    # best.pt appears at the first improving epoch; oof.csv only when the fold finished.
+    unfinished = [k for k in range(n_folds) if not all((exp_dir / f"fold{k}" / f).is_file()
+                                                       for f in ("best.pt", "oof.csv"))]
+    if unfinished:
+        folds = ",".join(map(str, unfinished))
+        raise UserError(f"{exp_dir}: fold(s) {folds} of {n_folds} not finished (no best.pt/oof.csv); train or "
+                        f"resume them first (python train.py --exp {exp_dir.name} --fold {folds} --resume)")
     return info
 
 
@@ -56,8 +62,9 @@ class Predictor:
     """Fold ensemble of one experiment, with the TTA views it averages over."""
 
     def __init__(self, exp_dir: Path, cfg: TrainConfig, classes: list[str], spec: ImageSpec, folds_csv: str,
-                 folds: list[FoldModel], rt: Runtime, views: list[str]):
+                 fingerprint: dict, folds: list[FoldModel], rt: Runtime, views: list[str]):
         self.exp_dir, self.cfg, self.classes, self.spec, self.folds_csv = exp_dir, cfg, classes, spec, folds_csv
+        self.fingerprint = fingerprint
         self.folds, self.rt, self.views = folds, rt, views
         self.threshold: float | None = None
 
@@ -69,20 +76,26 @@ class Predictor:
         info = read_experiment(exp_dir)
         states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in range(info["n_folds"])]
         first = states[0]
+        if tta == "greedy":
+            raise UserError("--tta greedy chooses views on OOF rows; only infer.py's submission flow does that")
         # The weights come from the checkpoint: never re-read (or require) the original --pretrained file.
         cfg = dataclasses.replace(config_from_dict(first["config"], source=str(exp_dir)), pretrained="", device=device)
         rt = setup_runtime(cfg)
         spec = ImageSpec(**first["image_spec"])
         folds = []
         for k, state in enumerate(states):
-            if state["classes"] != first["classes"] or state["image_spec"] != first["image_spec"]:
-                raise UserError(f"{exp_dir}/fold{k}/best.pt: classes or image shape differ from fold 0's; "
-                                f"the folds were trained on different data")
+            same = ("config", "classes", "image_spec", "fingerprint")
+            if any(state[key] != first[key] for key in same):
+                raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold 0's; "
+                                f"retrain the experiment's folds with one config")
             model = build_model(cfg, spec.in_chans, len(first["classes"]))
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError:
+                raise UserError(f"{exp_dir}/fold{k}/best.pt: weights do not fit model {cfg.model}") from None
             model.to(rt.device).eval()
             folds.append(FoldModel(k, model, norm_tensors(state["mean"], state["std"], rt), state["epoch"]))
-        predictor = cls(exp_dir, cfg, first["classes"], spec, info["folds_csv"], folds, rt,
+        predictor = cls(exp_dir, cfg, first["classes"], spec, info["folds_csv"], first["fingerprint"], folds, rt,
                         parse_views(tta, cfg.flips))
         predictor.threshold = predictor.resolve_threshold(threshold)
         return predictor
@@ -117,7 +130,7 @@ class Predictor:
                          for f in folds])
 
     def predict_array(self, images: np.ndarray, quiet: bool = True) -> np.ndarray:
-        """Fold- and view-averaged probabilities (N, classes)."""
+        """Fold- and view-averaged probabilities (N, classes) of a uint8 array already shaped by prepare()."""
         return self.predict_views(images, self.views, quiet=quiet).mean(axis=(0, 1))
 
     def labels_from_probs(self, probs: np.ndarray) -> list[str]:
@@ -125,8 +138,12 @@ class Predictor:
             return [self.classes[int(p >= self.threshold)] for p in probs[:, 1]]
         return [self.classes[i] for i in probs.argmax(1)]
 
+    def predict_files(self, paths: list[str | Path]) -> np.ndarray:
+        """Fold- and view-averaged probabilities (N, classes) for image files of any size."""
+        return self.predict_array(self.prepare(decode_all([Path(p) for p in paths])))
+
     def predict_paths(self, paths: list[str | Path]) -> list[Prediction]:
-        probs = self.predict_array(self.prepare(decode_all([Path(p) for p in paths])))
+        probs = self.predict_files(paths)
         return [Prediction(label, dict(zip(self.classes, map(float, row))))
                 for label, row in zip(self.labels_from_probs(probs), probs)]
 

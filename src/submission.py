@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from src.atomic import write_csv
-from src.data import read_csv_checked
+from src.data import read_csv_checked, sort_classes
 from src.errors import UserError
 from src.metrics import METRICS
 
@@ -49,17 +48,18 @@ def build_submission(sample: pd.DataFrame, classes: list[str], probs: np.ndarray
     raise UserError(f"{source}: columns {columns} are not the class names {classes}; --proba cannot fill them")
 
 
-def write_submission(path: Path, frame: pd.DataFrame) -> None:
-    write_csv(path, frame)
-
-
 def score_submission(submission: Path, solution: Path, metric: str = "") -> dict[str, float]:
     """Public and private score of a submission file against a solution file with a `Usage` column."""
     return score_frame(read_csv_checked(submission, []), read_solution(solution), metric, submission)
 
 
 def read_solution(path: Path) -> pd.DataFrame:
-    return read_csv_checked(path, ["Usage"])
+    """solution.csv: id, label, Usage; at least one Public or Private row."""
+    solution = read_csv_checked(path, ["Usage"])
+    if not solution["Usage"].isin(["Public", "Private"]).any():
+        raise UserError(f"{path}: column 'Usage' holds {sorted(set(solution['Usage']))[:5]}, "
+                        f"no 'Public'/'Private' rows")
+    return solution
 
 
 def score_frame(sub: pd.DataFrame, sol: pd.DataFrame, metric: str = "", source: Path = Path("submission")
@@ -78,7 +78,7 @@ def score_frame(sub: pd.DataFrame, sol: pd.DataFrame, metric: str = "", source: 
     metric = metric or ("accuracy" if is_label else "log_loss")
     if metric not in METRICS:
         raise UserError(f"--metric {metric!r}: choose from {list(METRICS)}")
-    classes = sorted(set(sol[label_col]))
+    classes = sort_classes(sol[label_col])  # the order train.py uses, so a binary column means the same class
     truth = sol[label_col].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if is_label:
         if metric not in ("accuracy", "macro_f1"):

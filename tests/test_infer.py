@@ -1,5 +1,7 @@
 """infer.py, score.py and the Predictor API on a tiny 5-fold run of the small demo."""
+import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,7 +48,8 @@ def test_greedy_tta_and_proba_submission(demo, trained, tmp_path):
     assert not (tmp_path / "tiny.csv").exists()  # nothing half-written
     proc = infer(trained, "--exp", "tiny", "--out-dir", str(tmp_path), "--tta", "greedy", "--name", "g")
     assert proc.returncode == 0, proc.stderr
-    assert "chosen: identity" in (tmp_path / "g.md").read_text()
+    report = (tmp_path / "g.md").read_text()
+    assert "greedy, nested" in report and "| chosen: identity" in report
 
 
 def test_predictor_round_trip_matches_the_submission_probabilities(demo, trained, tmp_path):
@@ -61,24 +64,79 @@ def test_predictor_round_trip_matches_the_submission_probabilities(demo, trained
     assert proc.returncode == 0 and "te_00003.png" in proc.stdout and pred.label in proc.stdout
 
 
-def test_missing_fold_checkpoint_is_named(trained, tmp_path):
+@pytest.mark.parametrize("missing", ["best.pt", "oof.csv"])
+def test_missing_or_unfinished_fold_is_named(trained, tmp_path, missing):
     shutil.copytree(trained / "tiny", tmp_path / "partial")
-    (tmp_path / "partial" / "fold3" / "best.pt").unlink()
+    (tmp_path / "partial" / "fold3" / missing).unlink()
     proc = run_script("infer.py", "--runs-dir", str(tmp_path), "--exp", "partial", "--out-dir", str(tmp_path))
-    assert proc.returncode == 2 and "no best.pt for fold(s) 3 of 5" in proc.stderr
+    assert proc.returncode == 2 and "fold(s) 3 of 5 not finished" in proc.stderr
     assert not list(tmp_path.glob("*.csv"))
 
 
-def test_sample_id_without_a_test_image_is_refused(demo, trained, tmp_path):
+def test_two_experiments_blend_with_nested_fitted_weights(trained, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained / "tiny", runs / "tiny")
+    shutil.copytree(trained / "tiny", runs / "twin")
+    proc = run_script("infer.py", "--runs-dir", str(runs), "--exp", "tiny", "twin", "--blend", "fitted",
+                      "--out-dir", str(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "tiny+twin.md").read_text()
+    assert "## Blend on OOF rows" in report and "fitted weights, nested" in report
+    assert "weights used (fitted): tiny=0.500, twin=0.500" in report  # identical models: any split is optimal
+
+
+def test_a_changed_fold_file_is_refused(demo, trained, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained / "tiny", runs / "tiny")
+    folds = pd.read_csv(demo["folds"])
+    folds["fold"] = folds["fold"].sample(frac=1, random_state=0).to_numpy()
+    folds.to_csv(tmp_path / "shuffled.csv", index=False)
+    config = runs / "tiny" / "fold0" / "config.json"
+    record = json.loads(config.read_text())
+    record["folds_csv"] = str(tmp_path / "shuffled.csv")
+    config.write_text(json.dumps(record))
+    proc = run_script("infer.py", "--runs-dir", str(runs), "--exp", "tiny", "--out-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "folds_csv_sha256" in proc.stderr and "cannot be trusted" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def competition_copy(demo, tmp_path, sample: pd.DataFrame) -> Path:
+    """A data folder sharing the demo's test images, with its own sample submission and no solution."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "test").symlink_to(demo["data"] / "test")
+    sample.to_csv(data / "sample_submission.csv", index=False)
+    return data
+
+
+def test_proba_submission_fills_class_columns(demo, trained, tmp_path):
+    sample = pd.read_csv(demo["data"] / "sample_submission.csv")[["image"]]
+    for c in ["3", "1", "0", "2", "4", "5", "6", "7", "8", "9"]:
+        sample[c] = 0.1
+    data = competition_copy(demo, tmp_path, sample)
+    proc = infer(trained, "--exp", "tiny", "--data-dir", str(data), "--proba", "--out-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    sub = pd.read_csv(tmp_path / "tiny.csv")
+    assert list(sub.columns) == list(sample.columns) and sub.iloc[:, 1:].sum(axis=1).round(4).eq(1).all()
+
+
+def test_sample_id_without_a_test_image_is_refused(demo, trained, tmp_path):
     sample = pd.read_csv(demo["data"] / "sample_submission.csv")
     sample.loc[5, "image"] = "te_missing"
-    sample.to_csv(data / "sample_submission.csv", index=False)
+    data = competition_copy(demo, tmp_path, sample)
     proc = infer(trained, "--exp", "tiny", "--data-dir", str(data), "--out-dir", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("line 7: image for id 'te_missing' not found in " + str(data / "test"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_test_image_is_named(demo, trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo["data"] / "test", data / "test")
+    (data / "test" / "te_00010.png").write_bytes(b"\x89PNG broken")
+    shutil.copy(demo["data"] / "sample_submission.csv", data / "sample_submission.csv")
+    proc = infer(trained, "--exp", "tiny", "--data-dir", str(data), "--out-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "te_00010.png: cannot decode image" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

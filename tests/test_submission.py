@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from src.errors import UserError
-from src.submission import build_submission, read_sample, score_frame
+from src.submission import build_submission, read_sample, read_solution, score_frame
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -60,3 +60,16 @@ def test_scorer_handles_probability_submissions_and_refuses_wrong_ids():
     assert scores["public"] == pytest.approx(-np.log(0.8)) and scores["private"] == pytest.approx(-np.log(0.7))
     with pytest.raises(UserError, match="ids do not match"):
         score_frame(sub.iloc[:1], solution)
+
+
+def test_solution_without_public_or_private_rows_is_refused(tmp_path):
+    (tmp_path / "solution.csv").write_text("id,label,Usage\na,cat,public\nb,dog,private\n")
+    with pytest.raises(UserError, match="no 'Public'/'Private' rows"):
+        read_solution(tmp_path / "solution.csv")
+
+
+def test_binary_probability_column_means_the_second_class_in_numeric_order():
+    solution = pd.DataFrame({"id": ["a", "b"], "label": ["9", "10"], "Usage": ["Public", "Private"]})
+    sub = pd.DataFrame({"id": ["a", "b"], "label": [0.01, 0.99]})  # P(class '10'), '10' sorts after '9'
+    scores = score_frame(sub, solution)
+    assert scores["public"] == pytest.approx(-np.log(0.99)) and scores["private"] == pytest.approx(-np.log(0.99))

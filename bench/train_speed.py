@@ -1,0 +1,128 @@
+"""Training and inference throughput of our engine against a minimal hand-written PyTorch loop.
+
+Same model (the default config's), same 3,200 demo digits, same batch size and threads, measured in
+one run with the arms interleaved (machines are noisy); the median over rounds is reported.
+
+    python bench/train_speed.py [--rounds 3] [--epochs 2] [--out bench/train_speed.md]
+"""
+import argparse
+import dataclasses
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from src.atomic import write_text  # noqa: E402
+from src.config import TrainConfig  # noqa: E402
+from src.data import ImageSpec, channel_stats  # noqa: E402
+from src.demo import load_mnist5k  # noqa: E402
+from src.engine import norm_tensors, predict_probs, setup_runtime  # noqa: E402
+from src.models import build_model  # noqa: E402
+from src.runs import markdown_table  # noqa: E402
+from src.trainer import DataInfo, FoldData, FoldTrainer  # noqa: E402
+
+N_TRAIN = 3200
+
+
+def bare_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
+    """The baseline: tensors already normalised in memory, no augmentation, plain AdamW + cross-entropy."""
+    torch.manual_seed(0)
+    model = build_model(cfg, 1, 10).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    seen, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x) - cfg.batch_size + 1, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+    return seen / (time.perf_counter() - start)
+
+
+def engine_train(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, epochs: int, tmp: Path) -> float:
+    """Our FoldTrainer's training epochs (loader, augmentation, schedule, EMA, loss), validation excluded."""
+    mean, std = channel_stats(images)
+    data = FoldData(images, labels, images[:64], labels[:64], [str(i) for i in range(64)])
+    info = DataInfo([str(c) for c in range(10)], ImageSpec(28, 28, 1), mean, std, {})
+    trainer = FoldTrainer(cfg, 0, tmp, data, info, setup_runtime(cfg))
+    seconds, seen = 0.0, 0
+    for _ in range(epochs):
+        row = trainer.run_epoch(quiet=True)
+        seconds += row["train_seconds"]
+        seen += row["images_per_s"] * row["train_seconds"]
+        trainer.epoch += 1
+    return seen / seconds
+
+
+def bare_predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            torch.softmax(model(x[i:i + batch_size]), dim=1)
+    return len(x) / (time.perf_counter() - start)
+
+
+def engine_predict(cfg: TrainConfig, model: torch.nn.Module, images: np.ndarray, batch_size: int) -> float:
+    rt = setup_runtime(cfg)
+    mean, std = channel_stats(images)
+    start = time.perf_counter()
+    predict_probs(model, images, batch_size, norm_tensors(mean, std, rt), rt)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median reported)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs per measurement")
+    parser.add_argument("--out", default="bench/train_speed.md", help="Markdown table written here")
+    args = parser.parse_args()
+    cfg = TrainConfig()
+    setup_runtime(cfg)
+    digits, targets = load_mnist5k()
+    images, labels = digits[:N_TRAIN, :, :, None], targets[:N_TRAIN]
+    mean, std = channel_stats(images)
+    x = ((torch.from_numpy(images).float() / 255 - mean[0]) / std[0]).permute(0, 3, 1, 2)  # channels_last view
+    y = torch.from_numpy(labels)
+    tmp = Path("runs/.bench")
+    arms = {"bare loop (tensors in memory, no augmentation)": lambda: bare_train(cfg, x, y, args.epochs),
+            "engine, augment none": lambda: engine_train(dataclasses.replace(cfg, augment="none"), images, labels,
+                                                         args.epochs, tmp),
+            "engine, augment light (default)": lambda: engine_train(cfg, images, labels, args.epochs, tmp)}
+    results = {name: [] for name in arms}
+    for r in range(args.rounds):
+        for name, arm in arms.items():
+            results[name].append(arm())
+            print(f"round {r}: {name}: {results[name][-1]:.0f} img/s", flush=True)
+    model = build_model(cfg, 1, 10).to(memory_format=torch.channels_last).eval()
+    infer = {"bare inference": [], "engine inference (predict_probs)": []}
+    for _ in range(args.rounds):
+        infer["bare inference"].append(bare_predict(model, x, cfg.batch_size * 4))
+        infer["engine inference (predict_probs)"].append(engine_predict(cfg, model, images, cfg.batch_size * 4))
+    rows = []
+    for group, base in ((results, "bare loop (tensors in memory, no augmentation)"), (infer, "bare inference")):
+        base_speed = statistics.median(group[base])
+        for name, speeds in group.items():
+            rows.append({"arm": name, "images_per_s (median)": round(statistics.median(speeds)),
+                         "all rounds": " / ".join(f"{s:.0f}" for s in speeds),
+                         "ratio to bare": round(statistics.median(speeds) / base_speed, 3)})
+    table = markdown_table(pd.DataFrame(rows), digits=3)
+    header = (f"# Training and inference speed\n\nMachine: {platform.machine()}, {torch.get_num_threads()} "
+              f"torch threads, torch {torch.__version__}, device cpu. Model {cfg.model}, batch {cfg.batch_size}, "
+              f"{N_TRAIN} MNIST digits (28 px), {args.epochs} epochs x {args.rounds} interleaved rounds.\n\n")
+    write_text(args.out, header + table + "\n")
+    print("\n" + header + table)
+
+
+if __name__ == "__main__":
+    main()
