@@ -84,10 +84,16 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return max(1, num_images // batch_size) if num_images > batch_size else 1
 
 
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view)."""
-    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
-    return x if rt.channels_last else x.contiguous()
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime, augment=None) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view).
+
+    `augment` (a function of the float NCHW batch in [0, 255]) runs before normalisation, so its zero
+    fill is a black pixel."""
+    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if augment is not None:
+        x = augment(x)
+    x = x.div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
 
 
 def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,16 +103,16 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torc
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
-                    desc: str, quiet: bool, ema=None) -> dict:
+                    desc: str, quiet: bool, ema=None, augment=None) -> dict:
     """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
-    and updates the weight average `ema` (timm ModelEmaV3) after it."""
+    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
     seen, step, start = 0, first_step, time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
-        x = to_input(images, *norm, rt)
+        x = to_input(images, *norm, rt, augment)
         y = labels.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             loss = loss_fn(model(x), y)

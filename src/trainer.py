@@ -1,6 +1,7 @@
 """The epoch loop of one fold: schedule, early stopping, best/last checkpoints, exact resume, OOF output."""
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 from timm.utils import ModelEmaV3
 
 from src.atomic import save_torch
-from src.augment import build_transforms
+from src.augment import build_batch_augment, build_transforms
 from src.config import TrainConfig, config_to_dict
 from src.data import ImageSpec
 from src.engine import (
@@ -96,6 +97,7 @@ class FoldTrainer:
             weight = balanced_class_weights(data.train_labels, num_classes).to(rt.device)
         self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
         self.dataset = ArrayBatches(data.train_images, data.train_labels, build_transforms(cfg.augment, cfg.flips))
+        self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
         self.norm = norm_tensors(info.mean, info.std, rt)
         self.check_forward()
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
@@ -171,9 +173,13 @@ class FoldTrainer:
         loss_fn = self.losses[loss_name]
         loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
                               self.num_workers(), pin_memory=rt.device.type == "cuda")
+        augment = None
+        if self.batch_augment is not None:
+            generator = torch.Generator(device=rt.device).manual_seed(derived_seed(cfg.seed, self.fold, self.epoch, 1))
+            augment = functools.partial(self.batch_augment, generator=generator)
         start = time.perf_counter()
         stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_factor, self.step, self.scaler,
-                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema)
+                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema, augment)
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
