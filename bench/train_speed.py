@@ -98,7 +98,11 @@ def main() -> None:
     arms = {"bare loop (tensors in memory, no augmentation)": lambda: bare_train(cfg, x, y, args.epochs),
             "engine, augment none": lambda: engine_train(dataclasses.replace(cfg, augment="none"), images, labels,
                                                          args.epochs, tmp),
-            "engine, augment light (default)": lambda: engine_train(cfg, images, labels, args.epochs, tmp)}
+            "engine, augment light (default)": lambda: engine_train(cfg, images, labels, args.epochs, tmp),
+            "engine, augment light, --no-channels-last": lambda: engine_train(
+                dataclasses.replace(cfg, channels_last=False), images, labels, args.epochs, tmp),
+            "engine, augment heavy (albumentations per image)": lambda: engine_train(
+                dataclasses.replace(cfg, augment="heavy"), images, labels, args.epochs, tmp)}
     results = {name: [] for name in arms}
     for r in range(args.rounds):
         for name, arm in arms.items():

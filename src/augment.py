@@ -42,10 +42,11 @@ class BatchAffine:
             return low + (high - low) * torch.rand(n, generator=generator, device=x.device)
 
         angle = uniform(-self.rotate_deg, self.rotate_deg) * (math.pi / 180)
-        inv_scale = 1 / uniform(*self.scale)
+        # Width and height scale independently (as albumentations' Affine does by default): more shapes.
+        inv_sx, inv_sy = 1 / uniform(*self.scale), 1 / uniform(*self.scale)
         theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0], theta[:, 0, 1] = angle.cos() * inv_scale, -angle.sin() * inv_scale
-        theta[:, 1, 0], theta[:, 1, 1] = angle.sin() * inv_scale, angle.cos() * inv_scale
+        theta[:, 0, 0], theta[:, 0, 1] = angle.cos() * inv_sx, -angle.sin() * inv_sy
+        theta[:, 1, 0], theta[:, 1, 1] = angle.sin() * inv_sx, angle.cos() * inv_sy
         # affine_grid works in [-1, 1] coordinates: a shift of `translate` of the size is 2 * translate.
         theta[:, 0, 2], theta[:, 1, 2] = uniform(-2 * self.translate, 2 * self.translate), \
             uniform(-2 * self.translate, 2 * self.translate)
