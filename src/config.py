@@ -56,7 +56,9 @@ HELP = {
     "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
     "drop_rate": "dropout before the classifier",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.99) and validate/save it; 0 = off",
-    "augment": "training augmentation pipeline",
+    "augment": "training augmentation: light = random shift ±10 %, scale 0.9–1.1 per axis, rotation ±10° "
+               "(batched, on the device); heavy = stronger affine with shear, plus blur/noise and cutout "
+               "(albumentations)",
     "flips": "random flips added to the pipeline (off by default: they break digits and text)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per optimiser step",
