@@ -135,7 +135,8 @@ class InferOptions:
 
 def load_predictors(opt: InferOptions) -> list[Predictor]:
     """One Predictor per experiment; experiments to be blended must share their class list."""
-    threshold = None if opt.threshold in ("", "eer") else _float(opt.threshold)
+    threshold = parse_threshold(opt.threshold)
+    threshold = None if threshold == "eer" else threshold  # set later, from the blended OOF probabilities
     tta = "auto" if opt.tta == "greedy" else opt.tta  # greedy picks from auto's views, on OOF rows
     predictors = [Predictor.load(Path(opt.runs_dir) / e, opt.device, tta, threshold) for e in opt.exps]
     for p in predictors[1:]:
@@ -247,11 +248,17 @@ def chosen_mean(p: Predictor, views: np.ndarray) -> np.ndarray:
     return views[:, index].mean(axis=(0, 1))
 
 
-def _float(text: str) -> float:
+def parse_threshold(text: str) -> float | str | None:
+    """--threshold: '' (argmax), 'eer', or a probability."""
+    if text in ("", "eer"):
+        return text or None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise UserError(f"--threshold {text!r}: give a number or 'eer'") from None
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise UserError(f"--threshold {text!r}: give a probability between 0 and 1, or 'eer'")
+    return value
 
 
 def predict_files(opt: InferOptions, images: list[str]) -> pd.DataFrame:
@@ -260,7 +267,7 @@ def predict_files(opt: InferOptions, images: list[str]) -> pd.DataFrame:
         raise UserError("--images takes --tta auto/none/list and, with several experiments, a numeric threshold")
     predictors = load_predictors(dataclasses.replace(opt, threshold=""))
     lead = predictors[0]
-    lead.threshold = lead.resolve_threshold(opt.threshold or None)
+    lead.threshold = lead.resolve_threshold(parse_threshold(opt.threshold))
     probs = np.mean([p.predict_files(images) for p in predictors], axis=0)
     frame = pd.DataFrame({"image": images, "label": lead.labels_from_probs(probs), "confidence": probs.max(1)})
     frame = pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(lead.classes))], axis=1)
