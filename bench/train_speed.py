@@ -32,10 +32,15 @@ from src.trainer import DataInfo, FoldData, FoldTrainer  # noqa: E402
 N_TRAIN = 3200
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bare_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, epochs: int) -> float:
     """The baseline: tensors already normalised in memory, no augmentation, plain AdamW + cross-entropy."""
     torch.manual_seed(0)
-    model = build_model(cfg, 1, 10).to(memory_format=torch.channels_last).train()
+    model = build_model(cfg, 1, 10).to(x.device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     seen, start = 0, time.perf_counter()
     for _ in range(epochs):
@@ -47,6 +52,7 @@ def bare_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, epochs: int) 
             loss.backward()
             opt.step()
             seen += len(idx)
+    sync(x.device)
     return seen / (time.perf_counter() - start)
 
 
@@ -70,6 +76,7 @@ def bare_predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> fl
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             torch.softmax(model(x[i:i + batch_size]), dim=1)
+    sync(x.device)
     return len(x) / (time.perf_counter() - start)
 
 
@@ -77,7 +84,7 @@ def engine_predict(cfg: TrainConfig, model: torch.nn.Module, images: np.ndarray,
     rt = setup_runtime(cfg)
     mean, std = channel_stats(images)
     start = time.perf_counter()
-    predict_probs(model, images, batch_size, norm_tensors(mean, std, rt), rt)
+    predict_probs(model, images, batch_size, norm_tensors(mean, std, rt), rt)  # returns numpy: synced
     return len(images) / (time.perf_counter() - start)
 
 
@@ -86,14 +93,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median reported)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per measurement")
     parser.add_argument("--out", default="bench/train_speed.md", help="Markdown table written here")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where every arm runs")
     args = parser.parse_args()
-    cfg = TrainConfig()
-    setup_runtime(cfg)
+    cfg = TrainConfig(device=args.device)
+    rt = setup_runtime(cfg)
     digits, targets = load_mnist5k()
     images, labels = digits[:N_TRAIN, :, :, None], targets[:N_TRAIN]
     mean, std = channel_stats(images)
-    x = ((torch.from_numpy(images).float() / 255 - mean[0]) / std[0]).permute(0, 3, 1, 2)  # channels_last view
-    y = torch.from_numpy(labels)
+    x = ((torch.from_numpy(images).float() / 255 - mean[0]) / std[0]).permute(0, 3, 1, 2).to(rt.device)
+    y = torch.from_numpy(labels).to(rt.device)
     tmp = Path("runs/.bench")
     arms = {"bare loop (tensors in memory, no augmentation)": lambda: bare_train(cfg, x, y, args.epochs),
             "engine, augment none": lambda: engine_train(dataclasses.replace(cfg, augment="none"), images, labels,
@@ -108,7 +116,7 @@ def main() -> None:
         for name, arm in arms.items():
             results[name].append(arm())
             print(f"round {r}: {name}: {results[name][-1]:.0f} img/s", flush=True)
-    model = build_model(cfg, 1, 10).to(memory_format=torch.channels_last).eval()
+    model = build_model(cfg, 1, 10).to(rt.device, memory_format=torch.channels_last).eval()
     infer = {"bare inference": [], "engine inference (predict_probs)": []}
     bare_predict(model, x, cfg.batch_size * 4)  # warm-up: first calls pay for allocations
     for _ in range(3 * args.rounds):  # an inference pass is short, so more rounds
@@ -123,7 +131,8 @@ def main() -> None:
                          "ratio to bare": round(statistics.median(speeds) / base_speed, 3)})
     table = markdown_table(pd.DataFrame(rows), digits=3)
     header = (f"# Training and inference speed\n\nMachine: {platform.machine()}, {torch.get_num_threads()} "
-              f"torch threads, torch {torch.__version__}, device cpu. Model {cfg.model}, batch {cfg.batch_size}, "
+              f"torch threads, torch {torch.__version__}, device {rt.device}. Model {cfg.model}, "
+              f"batch {cfg.batch_size}, "
               f"{N_TRAIN} MNIST digits (28 px), {args.epochs} epochs x {args.rounds} interleaved rounds "
               f"(inference: {3 * args.rounds} rounds).\n\n")
     write_text(args.out, header + table + "\n")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
-import torch
 
 
 @contextlib.contextmanager
@@ -36,11 +35,6 @@ def write_text(path: str | Path, text: str) -> None:
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def save_torch(path: str | Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def save_figure(path: str | Path, fig) -> None:

@@ -42,14 +42,18 @@ class BatchAffine:
             return low + (high - low) * torch.rand(n, generator=generator, device=x.device)
 
         angle = uniform(-self.rotate_deg, self.rotate_deg) * (math.pi / 180)
+        cos, sin = angle.cos(), angle.sin()
         # Width and height scale independently (as albumentations' Affine does by default): more shapes.
         inv_sx, inv_sy = 1 / uniform(*self.scale), 1 / uniform(*self.scale)
+        height, width = x.shape[2], x.shape[3]
+        # theta maps output to input in affine_grid's [-1, 1] coordinates: the inverse of "scale, then
+        # rotate, then shift", with the aspect ratio undone so a rotation is a rotation in pixels.
         theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0], theta[:, 0, 1] = angle.cos() * inv_sx, -angle.sin() * inv_sy
-        theta[:, 1, 0], theta[:, 1, 1] = angle.sin() * inv_sx, angle.cos() * inv_sy
-        # affine_grid works in [-1, 1] coordinates: a shift of `translate` of the size is 2 * translate.
-        theta[:, 0, 2], theta[:, 1, 2] = uniform(-2 * self.translate, 2 * self.translate), \
-            uniform(-2 * self.translate, 2 * self.translate)
+        theta[:, 0, 0], theta[:, 0, 1] = cos * inv_sx, sin * inv_sx * (height / width)
+        theta[:, 1, 0], theta[:, 1, 1] = -sin * inv_sy * (width / height), cos * inv_sy
+        # A shift of `translate` of the size is 2 * translate in [-1, 1] units, applied in output space.
+        shift = torch.stack([uniform(-2 * self.translate, 2 * self.translate) for _ in range(2)], dim=1)
+        theta[:, :, 2] = -(theta[:, :, :2] @ shift[:, :, None]).squeeze(-1)
         for axis, flag in ((0, "h"), (1, "v")):
             if flag in self.flips:  # mirror the sampling coordinate along that axis for half the images
                 sign = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)

@@ -125,8 +125,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         loss_sum += loss.detach() * len(y)
         seen += len(y)
         step += 1
+    train_loss = float(loss_sum) / max(seen, 1)  # waits for the device, so the clock below is honest
     seconds = time.perf_counter() - start
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_seconds": seconds,
+    return {"train_loss": train_loss, "train_seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "steps": step - first_step}
 
 

@@ -15,7 +15,7 @@ from src.ensemble import blend, fit_weights, nested_blend, nested_fit
 from src.errors import UserError
 from src.folds import read_folds
 from src.metrics import accuracy, eer_point, logloss
-from src.predict import Predictor
+from src.predict import Predictor, parse_threshold
 from src.runs import markdown_table, prob_columns
 from src.submission import build_submission, read_sample, read_solution, score_frame
 from src.tta import greedy_views
@@ -248,26 +248,14 @@ def chosen_mean(p: Predictor, views: np.ndarray) -> np.ndarray:
     return views[:, index].mean(axis=(0, 1))
 
 
-def parse_threshold(text: str) -> float | str | None:
-    """--threshold: '' (argmax), 'eer', or a probability."""
-    if text in ("", "eer"):
-        return text or None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise UserError(f"--threshold {text!r}: give a probability between 0 and 1, or 'eer'")
-    return value
-
-
 def predict_files(opt: InferOptions, images: list[str]) -> pd.DataFrame:
     """Label and probabilities for a few image files (mean over the experiments); printed as a table."""
-    if opt.tta == "greedy" or opt.threshold == "eer" and len(opt.exps) > 1:
+    threshold = parse_threshold(opt.threshold)
+    if opt.tta == "greedy" or threshold == "eer" and len(opt.exps) > 1:
         raise UserError("--images takes --tta auto/none/list and, with several experiments, a numeric threshold")
     predictors = load_predictors(dataclasses.replace(opt, threshold=""))
     lead = predictors[0]
-    lead.threshold = lead.resolve_threshold(parse_threshold(opt.threshold))
+    lead.threshold = lead.resolve_threshold(threshold)
     probs = np.mean([p.predict_files(images) for p in predictors], axis=0)
     frame = pd.DataFrame({"image": images, "label": lead.labels_from_probs(probs), "confidence": probs.max(1)})
     frame = pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(lead.classes))], axis=1)

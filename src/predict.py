@@ -58,6 +58,19 @@ def read_experiment(exp_dir: Path) -> dict:
     return info
 
 
+def parse_threshold(text: str) -> float | str | None:
+    """A --threshold value: '' (argmax), 'eer', or a probability."""
+    if text in ("", "eer"):
+        return text or None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise UserError(f"--threshold {text!r}: give a probability between 0 and 1, or 'eer'")
+    return value
+
+
 class Predictor:
     """Fold ensemble of one experiment, with the TTA views it averages over."""
 
@@ -73,6 +86,7 @@ class Predictor:
              threshold: float | str | None = None) -> "Predictor":
         """Load every fold's best.pt (weights_only); `threshold` (binary only): a float, or 'eer' from OOF."""
         exp_dir = Path(exp_dir)
+        parse_threshold("" if threshold is None else str(threshold))  # a bad value fails before any loading
         info = read_experiment(exp_dir)
         states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in range(info["n_folds"])]
         first = states[0]
@@ -101,12 +115,17 @@ class Predictor:
         return predictor
 
     def resolve_threshold(self, threshold: float | str | None) -> float | None:
+        """None (argmax), a probability, or 'eer': the equal-error-rate point of the training OOF files."""
+        threshold = parse_threshold("" if threshold is None else str(threshold))
         if threshold is None:
             return None
         if len(self.classes) != 2:
             raise UserError(f"a decision threshold needs a binary task; {self.exp_dir} has {len(self.classes)} classes")
         if threshold != "eer":
-            return float(threshold)
+            return threshold
+        if self.views != ["identity"]:
+            # oof.csv holds single-view predictions: a threshold fitted there must be applied to the same.
+            raise UserError("threshold 'eer' outside infer.py's submission flow needs --tta none")
         y, probs = self.pooled_oof()
         return eer_point(y, probs[:, 1])[1]
 

@@ -2,6 +2,8 @@
 and the experiment-level OOF summary."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from src.atomic import save_figure, write_csv, write_text  # noqa: E402
+from src.atomic import atomic_path, save_figure, write_csv, write_text  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.metrics import compute_metrics  # noqa: E402
 
@@ -33,12 +35,48 @@ def write_json(path: Path, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+CHECKSUMS = "checksums.json"
+
+
+def _read_checksums(folder: Path) -> dict[str, list[str]]:
+    path = folder / CHECKSUMS
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path}: unreadable checksum manifest; restore it or delete it to skip verification") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically and record its sha256 in checksums.json beside it.
+
+    The manifest first lists the old and the new digest, then only the new one, so a kill at any point
+    leaves the file on disk matching one listed digest."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    sums = _read_checksums(path.parent)
+    try:
+        write_json(path.parent / CHECKSUMS, {**sums, path.name: sums.get(path.name, []) + [digest]})
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        write_json(path.parent / CHECKSUMS, {**sums, path.name: [digest]})
+    except OSError as err:
+        raise UserError(f"{path}: could not write the checkpoint ({err.strerror}); the previous one, if any, "
+                        f"is intact") from None
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint with weights_only=True (no pickled code can run) and check its format."""
+    """Read a checkpoint: verify its recorded sha256, load with weights_only=True (no pickled code can
+    run) and check its format."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    expected = _read_checksums(path.parent).get(path.name)
+    if expected is not None and hashlib.sha256(data).hexdigest() not in expected:
+        raise UserError(f"{path}: checksum does not match {CHECKSUMS}; the file changed or is corrupt")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, wrong format, pickled code: all "unusable checkpoint"
         raise UserError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from src.atomic import save_torch
 from src.augment import build_batch_augment, build_transforms
 from src.config import TrainConfig, config_to_dict
 from src.data import ImageSpec
@@ -35,6 +34,7 @@ from src.runs import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     plot_curves,
+    save_checkpoint,
     write_log,
     write_oof,
 )
@@ -124,7 +124,7 @@ class FoldTrainer:
                 **self.info.to_dict()}
 
     def save_last(self) -> None:
-        save_torch(self.run_dir / "last.pt", {
+        save_checkpoint(self.run_dir / "last.pt", {
             **self.header(), "epoch": self.epoch, "step": self.step, "finished": self.finished,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
@@ -132,8 +132,9 @@ class FoldTrainer:
             "early_stop": self.stopper.state_dict(), "rng": rng_state(), "log": self.log})
 
     def save_best(self, score: float) -> None:
-        save_torch(self.run_dir / "best.pt", {**self.header(), "epoch": self.epoch - 1, "monitor": self.cfg.monitor,
-                                              "score": score, "model": self.eval_model.state_dict()})
+        save_checkpoint(self.run_dir / "best.pt", {**self.header(), "epoch": self.epoch - 1,
+                                                   "monitor": self.cfg.monitor, "score": score,
+                                                   "model": self.eval_model.state_dict()})
 
     def resume(self) -> None:
         """Continue from last.pt exactly; refuses a checkpoint made with a different config or data."""

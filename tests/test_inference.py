@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.inference import chosen_mean, parse_threshold, with_identity
+from src.inference import chosen_mean, with_identity
+from src.predict import parse_threshold
 
 
 def test_threshold_parsing():

@@ -102,3 +102,33 @@ def test_oof_summary_skips_folds_from_another_config(tmp_path):
         write_oof(run, [f"a{k}", f"b{k}"], np.array([0, 1]), probs, classes, k)
     table = summarize_oof(tmp_path, classes, {"lr": 0.1}, {"d": 1})
     assert list(table["fold"][:2]) == ["0", "1"] and table["n"].iloc[-1] == 4
+
+
+def test_a_corrupted_checkpoint_fails_its_checksum(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.fit(quiet=True)
+    data = bytearray((tmp_path / "best.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "best.pt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum does not match checksums.json"):
+        load_checkpoint(tmp_path / "best.pt")
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, epochs=3)
+    trainer.run_epoch(quiet=True)
+    trainer.epoch = 1
+    trainer.save_last()
+    good = (tmp_path / "last.pt").read_bytes()
+
+    def full_disk(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", full_disk)
+    trainer.epoch = 2
+    with pytest.raises(UserError, match="could not write the checkpoint .No space left on device.; the previous"):
+        trainer.save_last()
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt").read_bytes() == good
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # still verifies against the manifest
+    assert not list(tmp_path.glob(".*tmp*"))
