@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from src.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -25,6 +27,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail early, with a message, when outputs cannot be written to `folder`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{folder}: cannot write {what} there ({err.strerror}); choose another folder") from None
 
 
 def write_text(path: str | Path, text: str) -> None:

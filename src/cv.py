@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.atomic import check_writable
 from src.config import TrainConfig, config_to_dict
 from src.data import (
     LabelTable,
@@ -93,6 +94,7 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     n_folds = int(fold_of.max()) + 1
     folds = parse_fold_arg(fold_arg, n_folds)
     actions = {k: run_dir_action(fold_dir(cfg.runs_dir, cfg.exp, k), resume, overwrite) for k in folds}
+    check_writable(cfg.runs_dir, "run directories")
     rt = setup_runtime(cfg)
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}")

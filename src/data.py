@@ -7,6 +7,7 @@ colour, 8- or 16-bit, any size; they are decoded once into one uint8 array (N, H
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from src.errors import UserError
 
+MAX_IMAGE_PIXELS = 50_000_000  # 50 Mpx: far above any competition image, far below a memory problem
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
                   "lanczos": cv2.INTER_LANCZOS4}
@@ -147,6 +150,7 @@ def decode_image(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if raw.size == 0:
         raise UserError(f"{path}: empty file; replace it or remove its row")
+    check_image_bytes(Path(path), raw.tobytes())
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UserError(f"{path}: cannot decode image (corrupt or unsupported); replace it or remove its row")
@@ -160,6 +164,26 @@ def decode_image(path: Path) -> np.ndarray:
         return image
     code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
     return cv2.cvtColor(image, code)
+
+
+def check_image_bytes(path: Path, raw: bytes) -> None:
+    """Refuse truncated PNG/JPG files (decoders may return half an image) and decompression bombs
+    (a small file that decodes to gigabytes), reading only the header for the size."""
+    suffix = path.suffix.lower()
+    if suffix == ".png" and b"IEND" not in raw[-64:]:
+        raise UserError(f"{path}: truncated PNG (no end chunk); replace it or remove its row")
+    if suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in raw[-1024:]:
+        raise UserError(f"{path}: truncated JPEG (no end marker); replace it or remove its row")
+    try:
+        with Image.open(io.BytesIO(raw)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        width, height = MAX_IMAGE_PIXELS, 2  # Pillow already judged it a bomb
+    except Exception:  # a format Pillow cannot read: OpenCV decides below
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f"{path}: {width}x{height} pixels is over the {MAX_IMAGE_PIXELS:,} limit "
+                        f"(decompression-bomb guard); downscale it first")
 
 
 def is_gray(image: np.ndarray) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.atomic import write_csv, write_text
+from src.atomic import check_writable, write_csv, write_text
 from src.data import IMAGE_EXTS, LabelTable, data_fingerprint, decode_all, read_train_table, resolve_image_path
 from src.ensemble import blend, fit_weights, nested_blend, nested_fit
 from src.errors import UserError
@@ -173,6 +173,7 @@ def make_submission(opt: InferOptions) -> dict:
     paths = test_images(data_dir, opt.test_dir, sample, sample_path)
     solution_path = data_dir / opt.solution_csv
     solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
+    check_writable(opt.out_dir, "the submission")
     data = load_oof_data(predictors, opt.quiet)
     report, oofs = [f"# Submission {opt.name}\n"], []
     for p in predictors:

@@ -84,7 +84,7 @@ def test_symlink_out_of_the_image_folder_is_refused(tmp_path, competition):
 def test_corrupt_and_empty_images_are_named(tmp_path):
     empty, corrupt = tmp_path / "empty.png", tmp_path / "bad.png"
     empty.write_bytes(b"")
-    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png, though it ends like one IEND\xaeB`\x82")
     with pytest.raises(UserError, match="empty.png: empty file"):
         decode_image(empty)
     with pytest.raises(UserError, match="bad.png: cannot decode image"):
@@ -123,3 +123,25 @@ def test_hidden_folders_are_not_imagefolder_classes(tmp_path, competition):
         (root / "train" / name).mkdir(parents=True)
         os.link(competition / "train" / "cat_0.png", root / "train" / name / "a.png")
     assert read(root).classes == ["cat", "dog"]
+
+
+def test_truncated_files_and_decompression_bombs_are_refused(tmp_path):
+    image = (np.arange(40 * 40) % 251).astype(np.uint8).reshape(40, 40)
+    for suffix, message in ((".png", "truncated PNG"), (".jpg", "truncated JPEG")):
+        data = cv2.imencode(suffix, image)[1].tobytes()
+        (tmp_path / f"cut{suffix}").write_bytes(data[:-20])
+        with pytest.raises(UserError, match=message):
+            decode_image(tmp_path / f"cut{suffix}")
+    cv2.imwrite(str(tmp_path / "bomb.png"), np.zeros((8000, 8000), np.uint8))  # 64 Mpx, a 64 KB file
+    with pytest.raises(UserError, match="8000x8000 pixels is over the 50,000,000 limit"):
+        decode_image(tmp_path / "bomb.png")
+
+
+def test_palette_images_decode_to_their_colours(tmp_path):
+    from PIL import Image
+    palette = Image.new("P", (6, 4))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    palette.save(tmp_path / "p.png")
+    decoded = decode_image(tmp_path / "p.png")
+    assert decoded.shape == (4, 6, 3) and tuple(decoded[1, 1]) == (255, 0, 0)

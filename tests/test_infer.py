@@ -136,7 +136,7 @@ def test_unreadable_test_image_is_named(demo, trained, tmp_path):
     (data / "test" / "te_00010.png").write_bytes(b"\x89PNG broken")
     shutil.copy(demo["data"] / "sample_submission.csv", data / "sample_submission.csv")
     proc = infer(trained, "--exp", "tiny", "--data-dir", str(data), "--out-dir", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "te_00010.png: cannot decode image" in proc.stderr
+    assert proc.returncode == 2 and "te_00010.png: truncated PNG" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -61,25 +62,39 @@ def test_same_seed_gives_identical_metrics(demo):
     pd.testing.assert_frame_equal(metrics(runs / "a" / "fold0"), metrics(runs / "b" / "fold0"))
 
 
-def test_resume_after_a_kill_ends_exactly_like_an_uninterrupted_run(demo):
+def kill_after_epoch(cmd: list[str], last, epoch: int) -> tuple[int, str]:
+    """Start training, SIGTERM it once last.pt holds `epoch` finished epochs; (exit code, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch:
+                break
+        except (RuntimeError, EOFError, OSError):  # replaced while we read it: look again
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_kill_and_resume_at_random_epochs_five_times_ends_exactly_like_an_uninterrupted_run(demo):
     runs = demo["root"] / "resume"
     args = ["--fold", "0", "--epochs", "8", "--augment", "heavy"]
     assert train(demo, "full", *args, runs=runs).returncode == 0
-    cmd = [sys.executable, str(REPO / "train.py"), "--data-dir", str(demo["data"]), "--folds-csv",
-           str(demo["folds"]), "--runs-dir", str(runs), "--exp", "killed", *TINY, *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    last = runs / "killed" / "fold0" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err  # killed mid-run, not finished
-    assert "--resume" in err.strip().splitlines()[-1]
-    done = torch.load(last, weights_only=True)["epoch"]
-    assert 1 <= done < 8
-    assert train(demo, "killed", *args, "--resume", runs=runs).returncode == 0
-    pd.testing.assert_frame_equal(metrics(runs / "full" / "fold0"), metrics(runs / "killed" / "fold0"))
+    expected = metrics(runs / "full" / "fold0")
+    rng = np.random.default_rng(0)
+    for attempt in range(5):
+        exp = f"killed{attempt}"
+        cmd = [sys.executable, str(REPO / "train.py"), "--data-dir", str(demo["data"]), "--folds-csv",
+               str(demo["folds"]), "--runs-dir", str(runs), "--exp", exp, *TINY, *args]
+        last = runs / exp / "fold0" / "last.pt"
+        code, err = kill_after_epoch(cmd, last, int(rng.integers(1, 7)))
+        assert code == 130, err  # killed mid-run, not finished
+        assert "--resume" in err.strip().splitlines()[-1]
+        assert 1 <= torch.load(last, weights_only=True)["epoch"] < 8
+        assert train(demo, exp, *args, "--resume", runs=runs).returncode == 0
+        pd.testing.assert_frame_equal(expected, metrics(runs / exp / "fold0"))
 
 
 def test_an_existing_run_needs_resume_or_overwrite(demo):
