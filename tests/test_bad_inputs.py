@@ -26,7 +26,7 @@ def edit_csv(name):
     def change(data, fn):
         frame = pd.read_csv(data / name, dtype=str, keep_default_na=False)
         edited = fn(frame)  # edits in place, or returns a new frame
-        (frame if edited is None else edited).to_csv(data / name, index=False)
+        (edited if isinstance(edited, pd.DataFrame) else frame).to_csv(data / name, index=False)
     return change
 
 
