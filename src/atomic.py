@@ -30,11 +30,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def check_writable(folder: str | Path, what: str) -> None:
-    """Fail early, with a message, when outputs cannot be written to `folder`."""
-    folder = Path(folder)
+    """Fail early, with a message, when outputs cannot be written to `folder`; creates nothing."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # the folder or its nearest ancestor
+    probe = existing / f".write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
         probe.write_text("")
         probe.unlink()
     except OSError as err:
