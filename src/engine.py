@@ -75,13 +75,18 @@ def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers:
     generator = torch.Generator().manual_seed(seed)
     dataset.reseed(seed)
     sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
-                                            batch_size, drop_last=len(dataset) > batch_size)
+                                            batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                                        pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator)
 
 
+def drops_last_batch(num_images: int, batch_size: int) -> bool:
+    """A ragged last batch is dropped (noisy BatchNorm statistics), unless it is the only batch."""
+    return num_images > batch_size
+
+
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    return max(1, num_images // batch_size) if num_images > batch_size else 1
+    return num_images // batch_size if drops_last_batch(num_images, batch_size) else 1
 
 
 def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime, augment=None) -> torch.Tensor:

@@ -5,12 +5,21 @@ import numpy as np
 from sklearn.metrics import f1_score, log_loss, roc_auc_score, roc_curve
 
 
+def label_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Accuracy of predicted class indices (an index outside the classes, e.g. -1, counts as wrong)."""
+    return float((pred == y).mean())
+
+
+def label_macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    return float(f1_score(y, pred, average="macro", labels=np.arange(num_classes), zero_division=0))
+
+
 def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    return float((probs.argmax(1) == y).mean())
+    return label_accuracy(y, probs.argmax(1))
 
 
 def macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
-    return float(f1_score(y, probs.argmax(1), average="macro", labels=np.arange(probs.shape[1]), zero_division=0))
+    return label_macro_f1(y, probs.argmax(1), probs.shape[1])
 
 
 def logloss(y: np.ndarray, probs: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from src.engine import Runtime, norm_tensors, predict_probs, setup_runtime
 from src.errors import UserError
 from src.metrics import eer_point
 from src.models import build_model
-from src.runs import fold_dir, load_checkpoint, read_oof
+from src.runs import load_checkpoint, read_oof
 from src.tta import VIEWS, parse_views
 
 
@@ -131,7 +131,7 @@ class Predictor:
 
     def pooled_oof(self) -> tuple[np.ndarray, np.ndarray]:
         """True labels and probabilities of all folds' oof.csv (written by train.py, identity view)."""
-        parts = [read_oof(fold_dir(self.exp_dir.parent, self.exp_dir.name, f.fold) / "oof.csv", self.classes)
+        parts = [read_oof(self.exp_dir / f"fold{f.fold}" / "oof.csv", self.classes)
                  for f in self.folds]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from src.data import read_csv_checked, sort_classes
 from src.errors import UserError
-from src.metrics import METRICS
+from src.metrics import METRICS, label_accuracy, label_macro_f1
 
 
 def read_sample(path: Path) -> pd.DataFrame:
@@ -99,8 +98,8 @@ def score_frame(sub: pd.DataFrame, sol: pd.DataFrame, metric: str = "", source: 
 
 def _label_metric(metric: str, num_classes: int):
     if metric == "accuracy":
-        return lambda y, pred: float((pred == y).mean())
-    return lambda y, pred: float(f1_score(y, pred, labels=np.arange(num_classes), average="macro", zero_division=0))
+        return label_accuracy
+    return lambda y, pred: label_macro_f1(y, pred, num_classes)
 
 
 def _is_probability_column(values: pd.Series) -> bool:
