@@ -12,6 +12,7 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -39,7 +40,8 @@ RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF,
           "lr_step_gamma": (0, 1, "()"), "plateau_patience_epochs": (0, INF, "[)"), "plateau_factor": (0, 1, "()"),
           "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
           "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
-          "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)")}
+          "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
+          "synthetic_per_class": (-1, INF, "[)")}
 
 HELP = {
     "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
@@ -90,6 +92,12 @@ HELP = {
     "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
     "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
     "threads": "torch CPU threads; 0 = all cores",
+    "synthetic": "gen_synthetic.py sample folder (synthetic/<exp>, or one fold's folder); its rows join the "
+                 "fold's training split only, and a folder made for another fold is refused",
+    "synthetic_ratio": "synthetic rows per real training row, per class",
+    "synthetic_per_class": "fixed synthetic rows per class instead of the ratio (0 = use the ratio, -1 = all)",
+    "synthetic_only": "train on the synthetic rows alone (Classification Accuracy Score); validation stays real",
+    "synthetic_unfiltered": "also use samples the classifier filter rejected",
 }
 
 
@@ -97,6 +105,9 @@ HELP = {
 class TrainConfig:
     """Everything that determines a training run; saved as config.json and inside checkpoints."""
 
+    CHOICES: ClassVar[dict] = CHOICES
+    RANGES: ClassVar[dict] = RANGES
+    HELP: ClassVar[dict] = HELP
     exp: str = "baseline"
     data_dir: str = "data/mnist5k"
     train_csv: str = "train.csv"
@@ -143,26 +154,38 @@ class TrainConfig:
     deterministic: bool = True
     num_workers: int = -1
     threads: int = 0
+    synthetic: str = ""
+    synthetic_ratio: float = 1.0
+    synthetic_per_class: int = 0
+    synthetic_only: bool = False
+    synthetic_unfiltered: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raises UserError naming the field."""
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"config: {name}={getattr(self, name)!r} is not one of {list(allowed)}")
-        for name, (low, high, brackets) in RANGES.items():
-            value = getattr(self, name)
-            above = value >= low if brackets[0] == "[" else value > low
-            below = value <= high if brackets[1] == "]" else value < high
-            if not (above and below):  # NaN fails both
-                raise UserError(f"config: {name} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
+        check_fields(self)
         if self.loss2 and not 0 < self.loss_switch_epoch < self.epochs:
             raise UserError(f"config: with loss2 set, loss_switch_epoch must be in 1..{self.epochs - 1} "
                             f"(got {self.loss_switch_epoch})")
         if self.lr_warmup_epochs >= self.epochs:
             raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.synthetic_only and not self.synthetic:
+            raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):
             raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
         return self
+
+
+def check_fields(cfg) -> None:
+    """Check a config dataclass's values against its CHOICES and RANGES; raises UserError naming the field."""
+    for name, allowed in cfg.CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"config: {name}={getattr(cfg, name)!r} is not one of {list(allowed)}")
+    for name, (low, high, brackets) in cfg.RANGES.items():
+        value = getattr(cfg, name)
+        above = value >= low if brackets[0] == "[" else value > low
+        below = value <= high if brackets[1] == "]" else value < high
+        if not (above and below):  # NaN fails both
+            raise UserError(f"config: {name} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
 
 
 def _coerce(name: str, value, kind: type, source: str):
@@ -182,21 +205,21 @@ def _coerce(name: str, value, kind: type, source: str):
     raise UserError(f"{source}: key {name!r} must be {kind.__name__}, got {value!r}")
 
 
-def _field_types() -> dict[str, type]:
-    return typing.get_type_hints(TrainConfig)
+def _field_types(cls: type) -> dict[str, type]:
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
 
 
-def config_from_dict(values: dict, source: str = "config", base: TrainConfig | None = None) -> TrainConfig:
-    """Build a config from a mapping; unknown keys and wrong types are errors."""
-    types = _field_types()
-    merged = dataclasses.asdict(base or TrainConfig())
+def config_from_dict(values: dict, source: str = "config", base=None, cls: type = TrainConfig):
+    """Build a config of dataclass `cls` from a mapping; unknown keys and wrong types are errors."""
+    types = _field_types(cls)
+    merged = dataclasses.asdict(base or cls())
     for name, value in values.items():
         if name not in types:
             hint = difflib.get_close_matches(name, list(types), n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise UserError(f"{source}: unknown key {name!r}{extra}")
         merged[name] = _coerce(name, value, types[name], source)
-    return TrainConfig(**merged)
+    return cls(**merged)
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -218,31 +241,31 @@ def load_config_file(path: str | Path) -> dict:
     return values
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per config field; defaults are suppressed so we know what the user set."""
-    types = _field_types()
+def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """Add one flag per field of config dataclass `cls`; defaults are suppressed so we know what the user set."""
+    types = _field_types(cls)
     group = parser.add_argument_group("run config (also settable in --config FILE)")
     group.add_argument("--config", default=None, help="JSON or YAML file with config keys")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = types[f.name]
-        helptext = f"{HELP.get(f.name, '')} (default: {f.default!r})"
+        helptext = f"{cls.HELP.get(f.name, '')} (default: {f.default!r})"
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=helptext)
         else:
             group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               choices=CHOICES.get(f.name), help=helptext)
+                               choices=cls.CHOICES.get(f.name), help=helptext)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Resolve defaults < --config file < explicit flags into a validated config."""
-    cfg = TrainConfig()
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig):
+    """Resolve defaults < --config file < explicit flags into a validated config of dataclass `cls`."""
+    cfg = cls()
     if getattr(args, "config", None):
-        cfg = config_from_dict(load_config_file(args.config), source=args.config)
-    flags = {k: v for k, v in vars(args).items() if k in _field_types()}
-    return config_from_dict(flags, source="command line", base=cfg).validate()
+        cfg = config_from_dict(load_config_file(args.config), source=args.config, cls=cls)
+    flags = {k: v for k, v in vars(args).items() if k in _field_types(cls)}
+    return config_from_dict(flags, source="command line", base=cfg, cls=cls).validate()
 
 
-def config_to_dict(cfg: TrainConfig) -> dict:
+def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)

@@ -8,8 +8,9 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from src.atomic import check_writable
+from src.atomic import check_writable, write_csv
 from src.config import TrainConfig, config_to_dict
 from src.data import (
     LabelTable,
@@ -26,6 +27,7 @@ from src.folds import check_class_counts, default_folds_path, parse_fold_arg, re
 from src.metrics import metric_names
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
+from src.synthetic import load_synthetic_rows
 from src.trainer import DataInfo, FoldData, FoldTrainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,12 +65,20 @@ def write_run_record(run_dir: Path, action: str, record: dict) -> None:
     write_json(path, record)
 
 
-def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
+def load_split(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str,
+               folds_csv: str) -> tuple[LabelTable, np.ndarray, Path]:
     """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file)."""
-    table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
-    folds_path = Path(cfg.folds_csv) if cfg.folds_csv else default_folds_path("folds", cfg.data_dir)
-    fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
+    table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
+    folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir)
+    fold_of = read_folds(folds_path, table, id_col, label_col)
     check_class_counts(table.labels, table.classes, int(fold_of.max()) + 1, str(table.source))
+    return table, fold_of, folds_path
+
+
+def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
+    """load_split for a training config, plus the check that its monitored metric fits the task."""
+    table, fold_of, folds_path = load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col,
+                                            cfg.folds_csv)
     if cfg.monitor not in metric_names(len(table.classes)):
         raise UserError(f"--monitor {cfg.monitor} needs a binary task; {table.source} has "
                         f"{len(table.classes)} classes")
@@ -77,12 +87,31 @@ def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
 
 def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
                  info: dict, rt) -> FoldTrainer:
-    """The trainer for fold k: its rows, normalisation from its training rows only, and the model."""
+    """The trainer for fold k: its rows (plus synthetic rows, training side only), normalisation from the
+    rows it trains on, and the model."""
     is_val = fold_of == k
     train_rows = np.flatnonzero(~is_val)
-    mean, std = channel_stats(images[train_rows])
-    data = FoldData(images[train_rows], table.labels[train_rows], images[is_val], table.labels[is_val],
-                    [table.ids[i] for i in np.flatnonzero(is_val)])
+    train_images, train_labels = images[train_rows], table.labels[train_rows]
+    train_ids = [table.ids[i] for i in train_rows]
+    extra = {}
+    if cfg.synthetic:
+        syn_images, syn_labels, syn_ids, record = load_synthetic_rows(
+            cfg.synthetic, k, table.classes, info["fingerprint"], info["spec"], cfg.resize_interp, train_labels,
+            cfg.synthetic_ratio, cfg.synthetic_per_class, cfg.synthetic_unfiltered)
+        if cfg.synthetic_only:
+            train_images, train_labels, train_ids = syn_images, syn_labels, syn_ids
+        else:
+            train_images = np.concatenate([train_images, syn_images])
+            train_labels = np.concatenate([train_labels, syn_labels])
+            train_ids = train_ids + syn_ids
+        extra["synthetic"] = record
+        print(f"fold {k}: {record['rows']} synthetic training rows from {record['folder']}"
+              f"{' (synthetic only)' if cfg.synthetic_only else ''}")
+    if len(train_labels) == 0:
+        raise UserError(f"fold {k}: no training rows (the synthetic selection is empty)")
+    mean, std = channel_stats(train_images)
+    data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
+                    [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra)
     return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
 
 
@@ -110,6 +139,8 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
         write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
             trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
+        # Which rows trained this fold, so anyone can check that no validation id is among them.
+        write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
         if actions[k] == "resume":
             trainer.resume()
         trainer.fit(quiet)

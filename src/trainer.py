@@ -56,6 +56,8 @@ class FoldData:
     val_images: np.ndarray
     val_labels: np.ndarray
     val_ids: list[str]
+    train_ids: list[str]
+    extra: dict  # provenance of rows added to training (e.g. the synthetic manifest's hash)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class FoldTrainer:
     # --- state -------------------------------------------------------------------------------------------
     def header(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": config_to_dict(self.cfg), "fold": self.fold,
-                **self.info.to_dict()}
+                **self.info.to_dict(), "extra_rows": self.data.extra}
 
     def save_last(self) -> None:
         save_checkpoint(self.run_dir / "last.pt", {
@@ -146,6 +148,9 @@ class FoldTrainer:
             k = diff[0]
             raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; resume with the same "
                             f"config, or start a new --exp")
+        if state.get("extra_rows", {}) != self.data.extra:
+            raise UserError(f"{path}: the added training rows changed since this run started (now "
+                            f"{self.data.extra}); start a new --exp")
         if state["classes"] != self.info.classes:
             raise UserError(f"{path}: class list differs from the data's; this checkpoint is for other data")
         if state["fingerprint"] != self.info.fingerprint:

@@ -5,23 +5,26 @@ import re
 from conftest import REPO, run_script
 
 from src.config import TrainConfig
+from src.generator import GenConfig
 
 README = (REPO / "README.md").read_text()
 
 
 def test_every_config_key_is_documented_with_its_current_default():
-    for f in dataclasses.fields(TrainConfig):
-        default = f"`{f.default}`" if f.default != "" else "(empty)"
-        assert f"| `{f.name}` | {default} |" in README, f"README config table is stale for {f.name}"
+    for cls in (TrainConfig, GenConfig):
+        for f in dataclasses.fields(cls):
+            default = f"`{f.default}`" if f.default != "" else "(empty)"
+            assert f"| `{f.name}` | {default} |" in README, f"README config table is stale for {cls.__name__}.{f.name}"
 
 
 def test_every_script_flag_is_documented():
-    for script in ("train.py", "make_folds.py", "prepare_demo.py", "infer.py", "score.py"):
+    keyed = {"train.py": TrainConfig, "gen_synthetic.py": GenConfig}
+    for script in ("train.py", "gen_synthetic.py", "make_folds.py", "prepare_demo.py", "infer.py", "score.py"):
         help_text = run_script(script, "--help").stdout
         flags = set(re.findall(r"--[a-z][a-z0-9-]+", help_text)) - {"--help"}
-        if script == "train.py":  # config keys are documented in the key table, by their key name
+        if script in keyed:  # config keys are documented in the key tables, by their key name
             flags = {f for f in flags if f.replace("--", "").replace("-", "_").removeprefix("no_")
-                     not in {f.name for f in dataclasses.fields(TrainConfig)}}
+                     not in {f.name for f in dataclasses.fields(keyed[script])}}
         missing = sorted(f for f in flags if f"`{f}" not in README)
         assert not missing, f"{script}: flags missing from README: {missing}"
 

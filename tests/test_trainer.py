@@ -23,7 +23,8 @@ def binary_task(n=64, size_px=24, seed=0):
 def make_trainer(tmp_path, **overrides):
     images, labels = binary_task()
     cfg = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr_warmup_epochs": 0.5, **overrides})
-    data = FoldData(images[:48], labels[:48], images[48:], labels[48:], [f"v{i}" for i in range(16)])
+    data = FoldData(images[:48], labels[:48], images[48:], labels[48:], [f"v{i}" for i in range(16)],
+                    [f"t{i}" for i in range(48)], {})
     info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3], {"data": "tiny"})
     return FoldTrainer(cfg, 0, tmp_path, data, info, setup_runtime(cfg))
 
