@@ -102,19 +102,25 @@ HELP = {
 
 
 @dataclass
-class TrainConfig:
-    """Everything that determines a training run; saved as config.json and inside checkpoints."""
+class DataFields:
+    """Where the labelled data and its fold file are: shared by every config that reads a competition."""
 
-    CHOICES: ClassVar[dict] = CHOICES
-    RANGES: ClassVar[dict] = RANGES
-    HELP: ClassVar[dict] = HELP
-    exp: str = "baseline"
     data_dir: str = "data/mnist5k"
     train_csv: str = "train.csv"
     image_dir: str = "train"
     id_col: str = "image"
     label_col: str = "label"
     folds_csv: str = ""
+
+
+@dataclass
+class TrainConfig(DataFields):
+    """Everything that determines a training run; saved as config.json and inside checkpoints."""
+
+    CHOICES: ClassVar[dict] = CHOICES
+    RANGES: ClassVar[dict] = RANGES
+    HELP: ClassVar[dict] = HELP
+    exp: str = "baseline"
     runs_dir: str = "runs"
     model: str = "smallcnn"
     pretrained: str = ""
@@ -155,7 +161,7 @@ class TrainConfig:
     num_workers: int = -1
     threads: int = 0
     synthetic: str = ""
-    synthetic_ratio: float = 1.0
+    synthetic_ratio: float = 0.25
     synthetic_per_class: int = 0
     synthetic_only: bool = False
     synthetic_unfiltered: bool = False

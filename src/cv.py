@@ -27,13 +27,13 @@ from src.folds import check_class_counts, default_folds_path, parse_fold_arg, re
 from src.metrics import metric_names
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
-from src.synthetic import load_synthetic_rows
+from src.synthetic import load_synthetic_rows, read_sample_dir, resolve_sample_dir
 from src.trainer import DataInfo, FoldData, FoldTrainer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _raise_interrupt(signum, frame):
+def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
@@ -118,7 +118,7 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
                 quiet: bool = False) -> list[dict]:
     """Train each requested fold; returns one metrics dict per fold and prints the OOF summary."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
+    signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     table, fold_of, folds_path = load_labelled(cfg)
     n_folds = int(fold_of.max()) + 1
     folds = parse_fold_arg(fold_arg, n_folds)
@@ -132,6 +132,9 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
     info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images)}
+    if cfg.synthetic:  # every fold's sample folder passes the leak guard before the first fold trains
+        for k in folds:
+            read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions()}
     results = []

@@ -24,7 +24,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from src.atomic import save_figure
-from src.config import check_fields, config_to_dict
+from src.config import HELP, DataFields, check_fields, config_to_dict
 from src.data import ImageSpec
 from src.engine import Runtime
 from src.errors import UserError
@@ -44,13 +44,8 @@ SAMPLING_KEYS = ("sampler", "sample_steps", "guidance_scale", "per_class", "samp
                  "filter_confidence", "runs_dir", "cas_config")
 
 GEN_HELP = {
+    **{f.name: HELP[f.name] for f in dataclasses.fields(DataFields)},
     "exp": "generator experiment; outputs go to <out_dir>/<exp>/fold<k>/",
-    "data_dir": "competition folder (as train.py)",
-    "train_csv": "labels file inside data_dir",
-    "image_dir": "image folder inside data_dir",
-    "id_col": "train.csv id column",
-    "label_col": "train.csv label column",
-    "folds_csv": "fold file; empty = the single folds/<data name>_k*_s*.csv",
     "out_dir": "where generator folders are created",
     "size": f"network size: {', '.join(f'{k} = channels {v[0]}' for k, v in GEN_SIZES.items())}",
     "resolution_px": "square size the generator works at; samples are resized back to the data's size",
@@ -87,7 +82,7 @@ INF = float("inf")
 
 
 @dataclass
-class GenConfig:
+class GenConfig(DataFields):
     """Everything that determines a generator run and its samples; saved in its checkpoints and meta.json."""
 
     CHOICES: ClassVar[dict] = {"size": tuple(GEN_SIZES), "prediction": ("v_prediction", "epsilon", "sample"),
@@ -102,12 +97,6 @@ class GenConfig:
     HELP: ClassVar[dict] = GEN_HELP
 
     exp: str = "gen"
-    data_dir: str = "data/mnist5k"
-    train_csv: str = "train.csv"
-    image_dir: str = "train"
-    id_col: str = "image"
-    label_col: str = "label"
-    folds_csv: str = ""
     out_dir: str = "synthetic"
     size: str = "tiny"
     resolution_px: int = 20
@@ -202,8 +191,8 @@ def from_model_range(x: torch.Tensor, spec: ImageSpec) -> np.ndarray:
     if images.shape[1:3] == (spec.height_px, spec.width_px):
         return images
     out = np.empty((len(images), spec.height_px, spec.width_px, spec.in_chans), dtype=np.uint8)
+    grow = spec.height_px * spec.width_px > images.shape[1] * images.shape[2]
     for i, image in enumerate(images):
-        grow = spec.height_px > image.shape[0]
         resized = cv2.resize(image, (spec.width_px, spec.height_px),
                              interpolation=cv2.INTER_CUBIC if grow else cv2.INTER_AREA)
         out[i] = resized.reshape(spec.height_px, spec.width_px, spec.in_chans)
@@ -343,7 +332,9 @@ class GeneratorTrainer:
     def header(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "kind": "generator", "config": config_to_dict(self.cfg),
                 "fold": self.fold, "classes": self.classes, "image_spec": vars(self.spec),
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint,
+                # The noise comes from a generator on the device, so a resume elsewhere would draw other noise.
+                "runtime": {"device": self.rt.device.type, "amp_dtype": str(self.rt.amp_dtype)}}
 
     def save_last(self) -> None:
         save_checkpoint(self.out_dir / "last.pt", {
@@ -357,6 +348,9 @@ class GeneratorTrainer:
         path = self.out_dir / "last.pt"
         state = load_checkpoint(path)
         check_same_run(path, state, self.header())
+        if state.get("runtime") != self.header()["runtime"]:
+            raise UserError(f"{path}: trained with {state.get('runtime')}, now {self.header()['runtime']}; resume on "
+                            f"the same kind of device (--device) for an exact continuation")
         self.unet.load_state_dict(state["unet"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pandas as pd
 
 from src.atomic import check_writable, write_csv, write_text
 from src.config import TrainConfig, config_from_dict, config_to_dict, load_config_file
-from src.cv import REPO, load_split, run_dir_action, train_folds, write_run_record
+from src.cv import REPO, load_split, raise_interrupt, run_dir_action, train_folds, write_run_record
 from src.data import ImageSpec, data_fingerprint, decode_all, file_sha256, infer_spec, to_array
 from src.engine import norm_tensors, predict_probs, setup_runtime
 from src.errors import UserError
@@ -29,8 +30,8 @@ from src.generator import (
 )
 from src.models import build_model
 from src.repro import git_commit, package_versions
-from src.runs import exp_dir, fold_dir, load_checkpoint, markdown_table, read_oof
-from src.synthetic import MANIFEST, SPLIT_KEYS, apply_filter, kept_table, write_manifest, write_samples
+from src.runs import exp_dir, fold_dir, load_checkpoint, markdown_table
+from src.synthetic import MANIFEST, SPLIT_KEYS, apply_filter, kept_table, new_manifest, read_sample_dir, write_samples
 
 
 @dataclasses.dataclass
@@ -81,27 +82,28 @@ def train_generator(cfg: GenConfig, fold: int, data: FoldImages, resume: bool, o
 
 
 def load_classifier(run_dir: Path, fold: int, data: FoldImages, rt):
-    """A train.py fold model usable as a filter: trained for this fold of this split, on real rows only."""
-    record_path = run_dir / "config.json"
-    if not (run_dir / "best.pt").is_file() or not record_path.is_file():
-        raise UserError(f"{run_dir}: no trained classifier (best.pt); train it with train.py --fold {fold} first")
-    state = load_checkpoint(run_dir / "best.pt")
+    """A finished train.py fold usable as a filter, with its final weights (EMA when used): best.pt is
+    chosen on the validation rows, and those must not steer which samples are kept or how CAS scores."""
+    path = run_dir / "last.pt"
+    if not path.is_file() or not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir}: no trained classifier (last.pt); train it with train.py --fold {fold} first")
+    state = load_checkpoint(path)
+    if not state.get("finished"):
+        raise UserError(f"{run_dir}: training has not finished; resume it with train.py --resume first")
     if state["fold"] != fold or any(state["fingerprint"].get(k) != data.fingerprint.get(k) for k in SPLIT_KEYS):
         raise UserError(f"{run_dir}: trained for fold {state['fold']} of another split; the filter must be trained "
                         f"on this fold's training rows only")
-    if state["config"].get("synthetic"):
-        raise UserError(f"{run_dir}: trained with synthetic rows; filter with a classifier trained on real rows")
     if state["classes"] != data.classes:
         raise UserError(f"{run_dir}: class list differs from the data's")
     cfg = dataclasses.replace(config_from_dict(state["config"], source=str(run_dir)), pretrained="")
     spec = ImageSpec(**state["image_spec"])
     model = build_model(cfg, spec.in_chans, len(data.classes))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return model.to(rt.device).eval(), norm_tensors(state["mean"], state["std"], rt), spec, cfg
 
 
-def filter_probs(run_dir: Path, fold: int, data: FoldImages, images: np.ndarray, rt) -> np.ndarray:
-    """The classifier's probabilities for samples given at the data's own size."""
+def classify(run_dir: Path, fold: int, data: FoldImages, images: np.ndarray, rt) -> np.ndarray:
+    """A finished fold classifier's probabilities for images given at the data's own size."""
     model, norm, spec, cfg = load_classifier(run_dir, fold, data, rt)
     if (spec.height_px, spec.width_px, spec.in_chans) != images.shape[1:]:
         images = to_array(list(images), spec, cfg.resize_interp)
@@ -112,12 +114,13 @@ def sample_fold(cfg: GenConfig, fold: int, data: FoldImages, overwrite: bool, qu
                 filter_dir: Path | None = None) -> pd.DataFrame:
     """Sample per_class images per class from generator.pt, optionally filter them, write the folder."""
     out = gen_dir(cfg, fold)
-    if (out / MANIFEST).is_file() and not overwrite:
-        raise UserError(f"{out}: already holds samples ({MANIFEST}); pass --overwrite to replace them")
+    check_sample_target(out, overwrite)
     filter_dir = filter_dir or (fold_dir(cfg.runs_dir, cfg.filter_exp, fold) if cfg.filter_exp else None)
     rt = setup_runtime(cfg)
     if filter_dir:  # fail before minutes of sampling, not after
         load_classifier(filter_dir, fold, data, rt)
+        if load_checkpoint(filter_dir / "last.pt")["config"].get("synthetic"):
+            raise UserError(f"{filter_dir}: trained with synthetic rows; filter with a classifier trained on real rows")
     unet, cfg, state = load_generator(out / "generator.pt", cfg, fold, data.classes, data.fingerprint, rt)
     labels = np.repeat(np.arange(len(data.classes)), cfg.per_class)
     seeds = sample_seeds(cfg.seed, fold, len(labels))
@@ -126,16 +129,17 @@ def sample_fold(cfg: GenConfig, fold: int, data: FoldImages, overwrite: bool, qu
     seconds = time.perf_counter() - start
     print(f"fold {fold}: sampled {len(labels)} images in {seconds:.1f} s ({cfg.sampler}, {cfg.sample_steps} steps, "
           f"guidance {cfg.guidance_scale:g})")
+    manifest = new_manifest(fold, labels, seeds, data.classes, cfg.guidance_scale)
+    if filter_dir:  # decided in memory, so the folder is written once, complete and consistent
+        manifest = apply_filter(manifest, classify(filter_dir, fold, data, images, rt), data.classes,
+                                cfg.filter_confidence)
     meta = {"fold": fold, "classes": data.classes, "split": {k: data.fingerprint[k] for k in SPLIT_KEYS},
             "generator_sha256": file_sha256(out / "generator.pt"), "generator_epochs": state["epoch"],
-            "config": config_to_dict(cfg), "sample_seconds": round(seconds, 2),
-            "created": datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(REPO), "filter": None}
-    manifest = write_samples(out, images, labels, seeds, data.classes, cfg.guidance_scale, meta)
+            "generator_config": state["config"], "config": config_to_dict(cfg), "sample_seconds": round(seconds, 2),
+            "created": datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(REPO),
+            "filter": {"classifier": str(filter_dir), "min_confidence": cfg.filter_confidence} if filter_dir else None}
+    write_samples(out, images, manifest, meta)
     if filter_dir:
-        manifest = apply_filter(manifest, filter_probs(filter_dir, fold, data, images, rt), data.classes,
-                                cfg.filter_confidence)
-        meta["filter"] = {"classifier": str(filter_dir), "min_confidence": cfg.filter_confidence}
-        write_manifest(out, manifest, meta)
         table = kept_table(manifest, data.classes)
         write_csv(out / "kept_per_class.csv", table)
         print(f"filter {filter_dir}: kept {int(manifest['kept'].sum())} of {len(manifest)} "
@@ -144,6 +148,12 @@ def sample_fold(cfg: GenConfig, fold: int, data: FoldImages, overwrite: bool, qu
     save_grid(out / "samples.png", images[kept], labels[kept], data.classes,
               f"fold {fold}: kept samples, guidance {cfg.guidance_scale:g}")
     return manifest
+
+
+def check_sample_target(out: Path, overwrite: bool) -> None:
+    if (out / MANIFEST).is_file() and not overwrite:
+        raise UserError(f"{out}: already holds samples ({MANIFEST}); pass --overwrite to replace them")
+    check_writable(out, "samples")
 
 
 def cas_train_config(cfg: GenConfig, fold: int) -> TrainConfig:
@@ -159,15 +169,21 @@ def cas_train_config(cfg: GenConfig, fold: int) -> TrainConfig:
 def real_classifier(cfg: GenConfig, fold: int, quiet: bool) -> Path:
     """Train (or reuse) the CAS baseline: the classifier on the fold's real training rows."""
     train_cfg = dataclasses.replace(cas_train_config(cfg, fold), exp="real")
-    train_folds(train_cfg, str(fold), resume=True, quiet=quiet)
-    return fold_dir(train_cfg.runs_dir, "real", fold)
+    run_dir = fold_dir(train_cfg.runs_dir, "real", fold)
+    record = run_dir / "config.json"
+    changed = record.is_file() and json.loads(record.read_text()).get("config") != config_to_dict(train_cfg)
+    # Reused while its config holds (it is the slowest of the CAS classifiers); replaced when cas_config changed.
+    train_folds(train_cfg, str(fold), resume=not changed, overwrite=changed, quiet=quiet)
+    return run_dir
 
 
-def per_class_accuracy(run_dir: Path, classes: list[str]) -> dict:
-    y, probs, _ = read_oof(run_dir / "oof.csv", classes)
-    pred = probs.argmax(1)
+def per_class_accuracy(run_dir: Path, fold: int, data: FoldImages, rt) -> dict:
+    """Accuracy of a finished fold classifier's final weights on the fold's real validation rows."""
+    is_val = data.fold_of == fold
+    pred = classify(run_dir, fold, data, data.images[is_val], rt).argmax(1)
+    y = data.labels[is_val]
     return {"all": float((pred == y).mean()),
-            **{name: float((pred[y == c] == c).mean()) for c, name in enumerate(classes) if (y == c).any()}}
+            **{name: float((pred[y == c] == c).mean()) for c, name in enumerate(data.classes) if (y == c).any()}}
 
 
 def cas_report(cfg: GenConfig, fold: int, data: FoldImages, quiet: bool) -> pd.DataFrame:
@@ -176,16 +192,16 @@ def cas_report(cfg: GenConfig, fold: int, data: FoldImages, quiet: bool) -> pd.D
     out = gen_dir(cfg, fold)
     if not (out / MANIFEST).is_file():
         raise UserError(f"{out}: no samples yet; run gen_synthetic.py sample --fold {fold} first")
+    manifest, meta = read_sample_dir(out, fold, data.classes, data.fingerprint)
     real_dir = real_classifier(cfg, fold, quiet)
-    manifest = pd.read_csv(out / MANIFEST, keep_default_na=False)
-    meta = json.loads((out / "meta.json").read_text())
+    rt = setup_runtime(cfg)
     filtered, sampled_with = meta.get("filter") is not None, meta["config"]
     arms = {"real": (real_dir, int((data.fold_of != fold).sum()))}
     variants = [("synthetic (all samples)", "synthetic-all", True)]
     if filtered:
         variants.append(("synthetic (kept by filter)", "synthetic-kept", False))
     for name, exp, unfiltered in variants:
-        rows = len(manifest) if unfiltered else int((manifest["kept"].astype(str) == "True").sum())
+        rows = len(manifest) if unfiltered else int(manifest["kept"].sum())
         if rows == 0:  # nothing to train on: reported as such, not as a score
             arms[name] = (None, 0)
             continue
@@ -194,14 +210,15 @@ def cas_report(cfg: GenConfig, fold: int, data: FoldImages, quiet: bool) -> pd.D
         train_folds(train_cfg, str(fold), overwrite=True, quiet=quiet)  # cheap, and always from these samples
         arms[name] = (fold_dir(train_cfg.runs_dir, exp, fold), rows)
     table = pd.DataFrame([{"trained on": name, "train rows": rows,
-                           **(per_class_accuracy(run_dir, data.classes) if run_dir else {})}
+                           **(per_class_accuracy(run_dir, fold, data, rt) if run_dir else {})}
                           for name, (run_dir, rows) in arms.items()])
     write_csv(out / "cas.csv", table)
     gen_state = load_checkpoint(out / "generator.pt")
     lines = [f"# Classification Accuracy Score: {cfg.exp}, fold {fold}", "",
              f"Accuracy on the fold's {int((data.fold_of == fold).sum())} real validation rows of the same "
              f"classifier ({cas_train_config(cfg, fold).model}, train.py config "
-             f"{cfg.cas_config or 'defaults'}) trained on different rows. Generator: {gen_state['config']['size']}, "
+             f"{cfg.cas_config or 'defaults'}, final weights) trained on different rows. "
+             f"Generator: {gen_state['config']['size']}, "
              f"{gen_state['epoch']} epochs at {gen_state['config']['resolution_px']} px; samples: "
              f"{sampled_with['sampler']} {sampled_with['sample_steps']} steps, guidance "
              f"{sampled_with['guidance_scale']:g}"
@@ -215,6 +232,10 @@ def cas_report(cfg: GenConfig, fold: int, data: FoldImages, quiet: bool) -> pd.D
 def run_command(command: str, cfg: GenConfig, data: FoldImages, folds: list[int], resume: bool, overwrite: bool,
                 quiet: bool) -> None:
     """train | sample | report | all, for each fold."""
+    signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill cleans up like Ctrl-C
+    if command == "all":  # refuse before a long generator run, not after it
+        for fold in folds:
+            check_sample_target(gen_dir(cfg, fold), overwrite)
     print(f"data: {len(data.labels)} images, {len(data.classes)} classes, "
           f"{int(data.fold_of.max()) + 1} folds from {data.folds_path}")
     for fold in folds:
@@ -224,7 +245,7 @@ def run_command(command: str, cfg: GenConfig, data: FoldImages, folds: list[int]
             filter_dir = None
             if command == "all" and not cfg.filter_exp:  # the CAS baseline doubles as the filter
                 filter_dir = real_classifier(cfg, fold, quiet)
-            sample_fold(cfg, fold, data, overwrite or command == "all", quiet, filter_dir)
+            sample_fold(cfg, fold, data, overwrite, quiet, filter_dir)
         if command in ("report", "all"):
             cas_report(cfg, fold, data, quiet)
     if command in ("sample", "all"):

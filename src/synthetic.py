@@ -20,7 +20,7 @@ import pandas as pd
 from src.atomic import write_csv
 from src.data import ImageSpec, decode_all, to_array
 from src.errors import UserError
-from src.runs import markdown_table, write_json
+from src.runs import write_json
 
 MANIFEST = "manifest.csv"
 META = "meta.json"
@@ -30,33 +30,36 @@ MANIFEST_COLUMNS = ["file", "label", "guidance", "seed", "confidence", "predicte
 SPLIT_KEYS = ("train_csv_sha256", "folds_csv_sha256")
 
 
-def write_samples(folder: Path, images: np.ndarray, labels: np.ndarray, seeds: list[int], classes: list[str],
-                  guidance: float, meta: dict) -> pd.DataFrame:
-    """images/*.png + manifest.csv + meta.json. The images go to a temporary folder that is renamed into
-    place, and the manifest is written last, so an interrupted run never leaves a usable half set."""
+# Derived from a sample set: removed when it is replaced, so no report describes other samples.
+DERIVED = ("kept_per_class.csv", "samples.png", "cas.md", "cas.csv")
+
+
+def new_manifest(fold: int, labels: np.ndarray, seeds: list[int], classes: list[str], guidance: float) -> pd.DataFrame:
+    """The manifest of freshly sampled images, before any filter: every row kept."""
+    return pd.DataFrame({"file": [f"images/syn_f{fold}_{i:06d}.png" for i in range(len(labels))],
+                         "label": [classes[i] for i in labels], "guidance": guidance, "seed": seeds,
+                         "confidence": np.nan, "predicted": "", "kept": True})
+
+
+def write_samples(folder: Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict) -> None:
+    """images/*.png, meta.json, then manifest.csv. The old set goes first and the images are renamed into
+    place from a temporary folder, so an interrupted run leaves no manifest, never a half set."""
+    for old in (MANIFEST, META, *DERIVED):
+        (folder / old).unlink(missing_ok=True)
     tmp = folder / f".images.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    files = []
     try:
-        for i, image in enumerate(images):
-            name = f"syn_f{meta['fold']}_{i:06d}.png"
-            if not cv2.imwrite(str(tmp / name), image if image.shape[-1] == 1 else image[:, :, ::-1]):
-                raise UserError(f"{tmp / name}: could not write the image (disk full?)")
-            files.append(f"images/{name}")
-        for old in (folder / MANIFEST, folder / META):
-            old.unlink(missing_ok=True)
+        for file, image in zip(manifest["file"], images):
+            path = tmp / Path(file).name
+            if not cv2.imwrite(str(path), image if image.shape[-1] == 1 else image[:, :, ::-1]):
+                raise UserError(f"{path}: could not write the image (disk full?)")
         shutil.rmtree(folder / "images", ignore_errors=True)
         os.replace(tmp, folder / "images")
+    except OSError as err:
+        raise UserError(f"{folder}: could not write the samples ({err.strerror or err})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    manifest = pd.DataFrame({"file": files, "label": [classes[i] for i in labels], "guidance": guidance,
-                             "seed": seeds, "confidence": np.nan, "predicted": "", "kept": True})
-    write_manifest(folder, manifest, meta)
-    return manifest
-
-
-def write_manifest(folder: Path, manifest: pd.DataFrame, meta: dict) -> None:
     write_json(folder / META, meta)
     write_csv(folder / MANIFEST, manifest[MANIFEST_COLUMNS])
 
@@ -111,8 +114,8 @@ def read_sample_dir(folder: Path, fold: int, classes: list[str], fingerprint: di
             raise UserError(f"{path}: missing; this is not a complete gen_synthetic.py sample folder (re-run sample)")
     try:
         meta = json.loads(meta_path.read_text())
-        meta_fold, meta_split = int(meta["fold"]), meta["split"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        meta_fold, meta_split = int(meta["fold"]), dict(meta["split"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
         raise UserError(f"{meta_path}: not a meta.json written by gen_synthetic.py") from None
     if meta_fold != fold:
         raise UserError(f"{folder}: generated for fold {meta_fold}, not fold {fold}; its generator saw fold {fold}'s "
@@ -176,13 +179,3 @@ def load_synthetic_rows(path: str | Path, fold: int, classes: list[str], fingerp
               "per_class": np.bincount(labels, minlength=len(classes)).tolist(),
               "generator_sha256": meta.get("generator_sha256")}
     return images, labels, ids, record
-
-
-def write_kept_report(folder: Path, manifest: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    table = kept_table(manifest, classes)
-    write_csv(folder / "kept_per_class.csv", table)
-    return table
-
-
-def kept_markdown(table: pd.DataFrame) -> str:
-    return markdown_table(table, digits=3)

@@ -23,6 +23,7 @@ from src.synthetic import (
     apply_filter,
     kept_table,
     load_synthetic_rows,
+    new_manifest,
     read_sample_dir,
     select_rows,
     write_samples,
@@ -135,7 +136,8 @@ def sample_folder(tmp_path, fold=0, n_per_class=4):
     meta = {"fold": fold, "classes": CLASSES, "split": SPLIT, "generator_sha256": "g"}
     folder = tmp_path / "syn" / f"fold{fold}"
     folder.mkdir(parents=True)
-    manifest = write_samples(folder, images, labels, list(range(len(labels))), CLASSES, 1.0, meta)
+    manifest = new_manifest(fold, labels, list(range(len(labels))), CLASSES, 1.0)
+    write_samples(folder, images, manifest, meta)
     return folder, manifest
 
 
