@@ -98,6 +98,8 @@ HELP = {
     "synthetic_per_class": "fixed synthetic rows per class instead of the ratio (0 = use the ratio, -1 = all)",
     "synthetic_only": "train on the synthetic rows alone (Classification Accuracy Score); validation stays real",
     "synthetic_unfiltered": "also use samples the classifier filter rejected",
+    "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
+              "join the fold's training split only",
 }
 
 
@@ -165,6 +167,7 @@ class TrainConfig(DataFields):
     synthetic_per_class: int = 0
     synthetic_only: bool = False
     synthetic_unfiltered: bool = False
+    pseudo: str = ""
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raises UserError naming the field."""

@@ -25,6 +25,7 @@ from src.engine import setup_runtime
 from src.errors import UserError
 from src.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
 from src.metrics import metric_names
+from src.pseudo import load_pseudo_rows, read_pseudo_dir, resolve_pseudo_dir
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
 from src.synthetic import load_synthetic_rows, read_sample_dir, resolve_sample_dir
@@ -107,6 +108,15 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
         extra["synthetic"] = record
         print(f"fold {k}: {record['rows']} synthetic training rows from {record['folder']}"
               f"{' (synthetic only)' if cfg.synthetic_only else ''}")
+    if cfg.pseudo:
+        ps_images, ps_labels, ps_ids, record = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir,
+                                                                info["fingerprint"], info["spec"], cfg.resize_interp)
+        train_images = np.concatenate([train_images, ps_images])
+        train_labels = np.concatenate([train_labels, ps_labels])
+        train_ids = train_ids + ps_ids
+        extra["pseudo"] = record
+        print(f"fold {k}: {record['rows']} pseudo-labelled training rows from {record['folder']} "
+              f"(images from {', '.join(record['sources'] or ['?'])})")
     if len(train_labels) == 0:
         raise UserError(f"fold {k}: no training rows (the synthetic selection is empty)")
     mean, std = channel_stats(train_images)
@@ -132,9 +142,11 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
     info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images)}
-    if cfg.synthetic:  # every fold's sample folder passes the leak guard before the first fold trains
-        for k in folds:
+    for k in folds:  # every fold's extra-row folders pass the leak guard before the first fold trains
+        if cfg.synthetic:
             read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
+        if cfg.pseudo:
+            read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions()}
     results = []

@@ -19,6 +19,7 @@ from src.cv import REPO, load_split, raise_interrupt, run_dir_action, train_fold
 from src.data import ImageSpec, data_fingerprint, decode_all, file_sha256, infer_spec, to_array
 from src.engine import norm_tensors, predict_probs, setup_runtime
 from src.errors import UserError
+from src.fold_rows import SPLIT_KEYS
 from src.generator import (
     GenConfig,
     GeneratorTrainer,
@@ -31,7 +32,7 @@ from src.generator import (
 from src.models import build_model
 from src.repro import git_commit, package_versions
 from src.runs import exp_dir, fold_dir, load_checkpoint, markdown_table
-from src.synthetic import MANIFEST, SPLIT_KEYS, apply_filter, kept_table, new_manifest, read_sample_dir, write_samples
+from src.synthetic import MANIFEST, apply_filter, kept_table, new_manifest, read_sample_dir, write_samples
 
 
 @dataclasses.dataclass

@@ -8,7 +8,6 @@ training through the generator, so train.py refuses it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -20,14 +19,11 @@ import pandas as pd
 from src.atomic import write_csv
 from src.data import ImageSpec, decode_all, to_array
 from src.errors import UserError
+from src.fold_rows import META, read_fold_meta, resolve_fold_dir
 from src.runs import write_json
 
 MANIFEST = "manifest.csv"
-META = "meta.json"
 MANIFEST_COLUMNS = ["file", "label", "guidance", "seed", "confidence", "predicted", "kept"]
-# What decides which rows sit in which fold; the image cache hash is left out on purpose, because it
-# changes with --image-size-px while the split does not.
-SPLIT_KEYS = ("train_csv_sha256", "folds_csv_sha256")
 
 
 # Derived from a sample set: removed when it is replaced, so no report describes other samples.
@@ -94,38 +90,16 @@ def manifest_sha256(folder: Path) -> str:
 
 
 def resolve_sample_dir(path: str | Path, fold: int) -> Path:
-    """`--synthetic` may name one fold's folder (holding manifest.csv) or the experiment folder above it."""
-    path = Path(path)
-    if (path / MANIFEST).is_file() or (path / META).is_file():
-        return path
-    if (path / f"fold{fold}").is_dir():
-        return path / f"fold{fold}"
-    if not path.is_dir():
-        raise UserError(f"--synthetic {path}: folder not found")
-    raise UserError(f"--synthetic {path}: no {MANIFEST} there or in {path}/fold{fold}/; run gen_synthetic.py "
-                    f"sample for fold {fold} first")
+    return resolve_fold_dir(path, fold, MANIFEST, "--synthetic", f"run gen_synthetic.py sample for fold {fold} first")
 
 
 def read_sample_dir(folder: Path, fold: int, classes: list[str], fingerprint: dict) -> tuple[pd.DataFrame, dict]:
     """The manifest and meta of a sample folder, after the leak guard and consistency checks."""
-    meta_path, manifest_path = folder / META, folder / MANIFEST
-    for path in (meta_path, manifest_path):
-        if not path.is_file():
-            raise UserError(f"{path}: missing; this is not a complete gen_synthetic.py sample folder (re-run sample)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        meta_fold, meta_split = int(meta["fold"]), dict(meta["split"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
-        raise UserError(f"{meta_path}: not a meta.json written by gen_synthetic.py") from None
-    if meta_fold != fold:
-        raise UserError(f"{folder}: generated for fold {meta_fold}, not fold {fold}; its generator saw fold {fold}'s "
-                        f"validation rows, so using it would leak them into training")
-    changed = [k for k in SPLIT_KEYS if meta_split.get(k) != fingerprint.get(k)]
-    if changed:
-        raise UserError(f"{folder}: made with another train.csv or fold file ({', '.join(changed)} differ); its "
-                        f"generator may have seen this fold's validation rows; generate again for these folds")
-    if meta.get("classes") != classes:
-        raise UserError(f"{folder}: class list {meta.get('classes')} differs from the data's {classes}")
+    manifest_path = folder / MANIFEST
+    meta = read_fold_meta(folder, fold, classes, fingerprint, "gen_synthetic.py sample")
+    if not manifest_path.is_file():
+        raise UserError(f"{manifest_path}: missing; this is not a complete gen_synthetic.py sample folder "
+                        f"(re-run sample)")
     try:
         manifest = pd.read_csv(manifest_path, dtype={"file": str, "label": str, "predicted": str},
                                keep_default_na=False, na_values={"confidence": [""]})

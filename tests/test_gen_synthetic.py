@@ -69,7 +69,7 @@ def test_train_with_synthetic_rows_uses_them_for_training_only(demo, generated):
 def test_train_refuses_samples_made_for_another_fold(demo, generated):
     proc = train(demo, "leak", "--fold", "1", "--synthetic", str(generated / "fold0"))
     assert proc.returncode == 2
-    assert "generated for fold 0, not fold 1" in proc.stderr and "leak" in proc.stderr
+    assert "made for fold 0, not fold 1" in proc.stderr and "leak" in proc.stderr
     proc = train(demo, "leak2", "--fold", "1", "--synthetic", str(generated))
     assert proc.returncode == 2 and "no manifest.csv" in proc.stderr
 

@@ -169,7 +169,7 @@ def test_sample_folder_round_trip_and_leak_guard(tmp_path):
                                                       "cubic", np.array([0, 1, 2]), 1.0, 0, False)
     assert images.shape == (3, 16, 16, 3) and labels.tolist() == [0, 1, 2] and len(set(ids)) == 3
     assert record["rows"] == 3 and len(record["manifest_sha256"]) == 64
-    with pytest.raises(UserError, match="generated for fold 0, not fold 1"):
+    with pytest.raises(UserError, match="made for fold 0, not fold 1"):
         read_sample_dir(folder, 1, CLASSES, SPLIT)
     with pytest.raises(UserError, match="folds_csv_sha256"):
         read_sample_dir(folder, 0, CLASSES, {**SPLIT, "folds_csv_sha256": "other"})
