@@ -92,33 +92,26 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
     rows it trains on, and the model."""
     is_val = fold_of == k
     train_rows = np.flatnonzero(~is_val)
-    train_images, train_labels = images[train_rows], table.labels[train_rows]
-    train_ids = [table.ids[i] for i in train_rows]
-    extra = {}
+    real = (images[train_rows], table.labels[train_rows], [table.ids[i] for i in train_rows])
+    parts, extra = [] if cfg.synthetic_only else [real], {}
     if cfg.synthetic:
-        syn_images, syn_labels, syn_ids, record = load_synthetic_rows(
-            cfg.synthetic, k, table.classes, info["fingerprint"], info["spec"], cfg.resize_interp, train_labels,
+        *rows, extra["synthetic"] = load_synthetic_rows(
+            cfg.synthetic, k, table.classes, info["fingerprint"], info["spec"], cfg.resize_interp, real[1],
             cfg.synthetic_ratio, cfg.synthetic_per_class, cfg.synthetic_unfiltered)
-        if cfg.synthetic_only:
-            train_images, train_labels, train_ids = syn_images, syn_labels, syn_ids
-        else:
-            train_images = np.concatenate([train_images, syn_images])
-            train_labels = np.concatenate([train_labels, syn_labels])
-            train_ids = train_ids + syn_ids
-        extra["synthetic"] = record
-        print(f"fold {k}: {record['rows']} synthetic training rows from {record['folder']}"
+        parts.append(rows)
+        print(f"fold {k}: {extra['synthetic']['rows']} synthetic training rows from {extra['synthetic']['folder']}"
               f"{' (synthetic only)' if cfg.synthetic_only else ''}")
     if cfg.pseudo:
-        ps_images, ps_labels, ps_ids, record = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir,
-                                                                info["fingerprint"], info["spec"], cfg.resize_interp)
-        train_images = np.concatenate([train_images, ps_images])
-        train_labels = np.concatenate([train_labels, ps_labels])
-        train_ids = train_ids + ps_ids
-        extra["pseudo"] = record
-        print(f"fold {k}: {record['rows']} pseudo-labelled training rows from {record['folder']} "
-              f"(images from {', '.join(record['sources'] or ['?'])})")
+        *rows, extra["pseudo"] = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir, info["fingerprint"],
+                                                  info["spec"], cfg.resize_interp)
+        parts.append(rows)
+        print(f"fold {k}: {extra['pseudo']['rows']} pseudo-labelled training rows from {extra['pseudo']['folder']} "
+              f"(images from {', '.join(extra['pseudo']['sources'] or ['?'])})")
+    train_images = np.concatenate([p[0] for p in parts])
+    train_labels = np.concatenate([p[1] for p in parts])
+    train_ids = [i for p in parts for i in p[2]]
     if len(train_labels) == 0:
-        raise UserError(f"fold {k}: no training rows (the synthetic selection is empty)")
+        raise UserError(f"fold {k}: no training rows (the synthetic or pseudo-label selection is empty)")
     mean, std = channel_stats(train_images)
     data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
                     [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra)

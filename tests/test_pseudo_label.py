@@ -59,3 +59,10 @@ def test_train_refuses_pseudo_labels_of_another_fold(demo, rounds):
     proc = train(demo, "pl-leak", "--fold", "1", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1" / "fold0"),
                  runs=rounds / "runs")
     assert proc.returncode == 2 and "made for fold 0, not fold 1" in proc.stderr
+
+
+def test_bad_arguments_end_in_one_line(tmp_path):
+    proc = run_script("pseudo_label.py", "--exp", "nope", "--runs-dir", str(tmp_path), "--quiet")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "no trained folds" in proc.stderr
+    proc = run_script("pseudo_label.py", "--exp", "nope", "--rounds", "0", "--quiet")
+    assert proc.returncode == 2 and "--rounds must be >= 1" in proc.stderr
