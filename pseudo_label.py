@@ -9,13 +9,17 @@ import dataclasses
 
 from src.cli import quiet_default, run_main
 from src.errors import UserError
+from src.pseudo import per_round
 from src.pseudo_loop import PseudoOptions, run_rounds
 
 HELP = {
     "rounds": "rounds of label -> retrain; round r trains <exp>-pl<r> (finished folds are reused on a re-run)",
     "threshold": "keep a prediction when its top probability is at least this",
-    "max_per_class": "at most this many pseudo-labels per class and fold (0 = no cap)",
+    "name": "name of the rounds' experiments and report (<name>-pl<r>); default: --exp",
+    "max_per_class": "at most this many pseudo-labels per class and fold (0 = no cap); one value per round "
+                     "(e.g. 100,200,300; the last repeats) grows the set as the models improve",
     "balanced": "take the same number per class (the smallest class's count), so no class swamps the set",
+    "soft": "retrain on the models' probability vectors (soft labels) instead of their top class",
     "unlabeled_dir": "folder of unlabelled images inside the data folder",
     "use_test": "also pseudo-label the test images (transductive: common on Kaggle; recorded in each run)",
     "test_dir": "test image folder inside the data folder",
@@ -41,8 +45,9 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     options = PseudoOptions(**vars(args))
-    if options.rounds < 1 or not 0 <= options.threshold <= 1 or options.max_per_class < 0:
-        raise UserError("--rounds must be >= 1, --threshold in [0, 1], --max-per-class >= 0")
+    if options.rounds < 1 or not 0 <= options.threshold <= 1:
+        raise UserError("--rounds must be >= 1, --threshold in [0, 1]")
+    per_round(options.max_per_class, options.rounds)  # a bad list fails before any work
     if options.tta == "greedy":
         raise UserError("--tta greedy is not available here; use auto, none or a comma list of views")
     run_rounds(options)

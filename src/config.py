@@ -100,6 +100,8 @@ HELP = {
     "synthetic_unfiltered": "also use samples the classifier filter rejected",
     "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
               "join the fold's training split only",
+    "pseudo_soft": "train on the pseudo-labels' full probability vectors (soft labels, from pseudo.csv's prob_ "
+                   "columns) instead of their top class; needs loss ce or label_smoothing",
 }
 
 
@@ -168,6 +170,7 @@ class TrainConfig(DataFields):
     synthetic_only: bool = False
     synthetic_unfiltered: bool = False
     pseudo: str = ""
+    pseudo_soft: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raises UserError naming the field."""
@@ -177,6 +180,9 @@ class TrainConfig(DataFields):
                             f"(got {self.loss_switch_epoch})")
         if self.lr_warmup_epochs >= self.epochs:
             raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.pseudo_soft and (not self.pseudo or "focal" in (self.loss, self.loss2)):
+            raise UserError("config: pseudo_soft needs pseudo (a pseudo_label.py folder) and loss ce or "
+                            "label_smoothing (focal loss takes class indices only)")
         if self.synthetic_only and not self.synthetic:
             raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):

@@ -101,9 +101,12 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
         parts.append(rows)
         print(f"fold {k}: {extra['synthetic']['rows']} synthetic training rows from {extra['synthetic']['folder']}"
               f"{' (synthetic only)' if cfg.synthetic_only else ''}")
+    targets = []  # soft pseudo-labels: every row's target distribution, one-hot for the labelled ones
     if cfg.pseudo:
-        *rows, extra["pseudo"] = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir, info["fingerprint"],
-                                                  info["spec"], cfg.resize_interp)
+        *rows, soft, extra["pseudo"] = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir, info["fingerprint"],
+                                                        info["spec"], cfg.resize_interp, cfg.pseudo_soft)
+        if soft is not None:
+            targets = [np.eye(len(table.classes), dtype=np.float32)[p[1]] for p in parts] + [soft]
         parts.append(rows)
         print(f"fold {k}: {extra['pseudo']['rows']} pseudo-labelled training rows from {extra['pseudo']['folder']} "
               f"(images from {', '.join(extra['pseudo']['sources'] or ['?'])})")
@@ -114,7 +117,8 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
         raise UserError(f"fold {k}: no training rows (the synthetic or pseudo-label selection is empty)")
     mean, std = channel_stats(train_images)
     data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
-                    [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra)
+                    [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
+                    np.concatenate(targets) if targets else None)
     return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
 
 

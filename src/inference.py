@@ -48,15 +48,21 @@ def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
     return OofData(table.ids, table.labels, fold_of, decode_all(table.paths, quiet=quiet), table, folds_path)
 
 
-def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool) -> dict[str, np.ndarray]:
-    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}."""
+def oof_images(p: Predictor, data: OofData, all_folds: bool = True) -> np.ndarray:
+    """The training rows shaped for `p`, after checking they are the rows it was trained and validated on."""
     images = p.prepare(data.decoded)
     now = data_fingerprint(data.table, data.folds_path, images)
     changed = [k for k, v in now.items() if p.fingerprint.get(k) != v]
-    if changed or int(data.fold_of.max()) + 1 != len(p.folds):
+    if changed or all_folds and int(data.fold_of.max()) + 1 != len(p.folds):
         # A changed fold file would score rows with a model that trained on them.
         raise UserError(f"{p.exp_dir}: train.csv, the fold file or the images changed since training "
                         f"({', '.join(changed) or 'fold count'} differ); its OOF rows cannot be trusted")
+    return images
+
+
+def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool) -> dict[str, np.ndarray]:
+    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}."""
+    images = oof_images(p, data)
     out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
     for fold in p.folds:
         rows = np.flatnonzero(data.fold_of == fold.fold)

@@ -38,9 +38,10 @@ class Prediction:
     probs: dict[str, float]
 
 
-def read_experiment(exp_dir: Path) -> dict:
-    """fold0's config.json of an experiment, after checking that every fold finished (best.pt and oof.csv)."""
-    config = exp_dir / "fold0" / "config.json"
+def read_experiment(exp_dir: Path, folds: list[int] | None = None) -> dict:
+    """The first fold's config.json of an experiment, after checking that every fold (or the given ones)
+    finished (best.pt and oof.csv)."""
+    config = exp_dir / f"fold{(folds or [0])[0]}" / "config.json"
     if not config.is_file():
         raise UserError(f"{exp_dir}: no trained folds (expected {config}); run train.py --exp {exp_dir.name} first")
     try:
@@ -49,8 +50,8 @@ def read_experiment(exp_dir: Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"{config}: not a config.json written by train.py") from None
     # best.pt appears at the first improving epoch; oof.csv only when the fold finished.
-    unfinished = [k for k in range(n_folds) if not all((exp_dir / f"fold{k}" / f).is_file()
-                                                       for f in ("best.pt", "oof.csv"))]
+    wanted = range(n_folds) if folds is None else folds
+    unfinished = [k for k in wanted if not all((exp_dir / f"fold{k}" / f).is_file() for f in ("best.pt", "oof.csv"))]
     if unfinished:
         folds = ",".join(map(str, unfinished))
         raise UserError(f"{exp_dir}: fold(s) {folds} of {n_folds} not finished (no best.pt/oof.csv); train or "
@@ -83,12 +84,14 @@ class Predictor:
 
     @classmethod
     def load(cls, exp_dir: str | Path, device: str = "auto", tta: str = "auto",
-             threshold: float | str | None = None) -> "Predictor":
-        """Load every fold's best.pt (weights_only); `threshold` (binary only): a float, or 'eer' from OOF."""
+             threshold: float | str | None = None, folds: list[int] | None = None) -> "Predictor":
+        """Load every fold's best.pt (weights_only), or only `folds`'; `threshold` (binary only): a float, or
+        'eer' from OOF."""
         exp_dir = Path(exp_dir)
         parse_threshold("" if threshold is None else str(threshold))  # a bad value fails before any loading
-        info = read_experiment(exp_dir)
-        states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in range(info["n_folds"])]
+        info = read_experiment(exp_dir, folds)
+        fold_ids = list(range(info["n_folds"])) if folds is None else folds
+        states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in fold_ids]
         first = states[0]
         if tta == "greedy":
             raise UserError("--tta greedy chooses views on OOF rows; only infer.py's submission flow does that")
@@ -97,10 +100,11 @@ class Predictor:
         rt = setup_runtime(cfg)
         spec = ImageSpec(**first["image_spec"])
         folds = []
-        for k, state in enumerate(states):
+        for k, state in zip(fold_ids, states):
             same = ("config", "classes", "image_spec", "fingerprint")
             if any(state[key] != first[key] for key in same):
-                raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold 0's; "
+                raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold "
+                                f"{fold_ids[0]}'s; "
                                 f"retrain the experiment's folds with one config")
             model = build_model(cfg, spec.in_chans, len(first["classes"]))
             try:

@@ -14,6 +14,7 @@ import pandas as pd
 from src.data import ImageSpec, LabelTable, decode_all, file_sha256, resolve_image_path, to_array
 from src.errors import UserError
 from src.fold_rows import read_fold_meta, resolve_fold_dir
+from src.runs import prob_columns
 
 PSEUDO_COLUMNS = ["id", "label", "confidence", "round"]
 
@@ -37,9 +38,36 @@ def select_confident(probs: np.ndarray, threshold: float, max_per_class: int = 0
 
 def pseudo_frame(ids: list[str], probs: np.ndarray, chosen: np.ndarray, classes: list[str],
                  round_index: int) -> pd.DataFrame:
-    """The pseudo-label CSV rows (id, label, confidence, round) for the chosen rows."""
-    return pd.DataFrame({"id": [ids[i] for i in chosen], "label": [classes[i] for i in probs[chosen].argmax(1)],
-                         "confidence": probs[chosen].max(1).round(6), "round": round_index})
+    """The pseudo-label CSV rows (id, label, confidence, round, then prob_<class> for soft labels)."""
+    frame = pd.DataFrame({"id": [ids[i] for i in chosen], "label": [classes[i] for i in probs[chosen].argmax(1)],
+                          "confidence": probs[chosen].max(1).round(6), "round": round_index})
+    return pd.concat([frame, pd.DataFrame(probs[chosen].round(6), columns=prob_columns(classes))], axis=1)
+
+
+def per_round(text: str, rounds: int) -> list[int]:
+    """'0', '300' or '100,200,300' -> one per-class cap per round (the last value repeats; 0 = no cap)."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        values = [-1]
+    if not values or min(values) < 0:
+        raise UserError(f"--max-per-class {text!r}: use a count >= 0, or one per round like 100,200,300")
+    return [values[min(r, len(values) - 1)] for r in range(rounds)]
+
+
+def soft_targets(frame: pd.DataFrame, classes: list[str], source: Path) -> np.ndarray:
+    """(N, classes) float32 target distributions from pseudo.csv's prob_<class> columns, each summing to 1."""
+    columns = prob_columns(classes)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{source}: no column {missing[0]!r}; soft labels (--pseudo-soft) need the prob_ columns "
+                        f"pseudo_label.py writes")
+    values = pd.DataFrame({c: pd.to_numeric(frame[c], errors="coerce") for c in columns}).to_numpy(np.float64)
+    bad = ~np.isfinite(values).all(1) | (values < 0).any(1) | (np.abs(values.sum(1) - 1) > 1e-3)
+    if bad.any():
+        raise UserError(f"{source} line {int(np.flatnonzero(bad)[0]) + 2}: prob_ columns must be probabilities "
+                        f"summing to 1")
+    return (values / values.sum(1, keepdims=True)).astype(np.float32)
 
 
 def selection_table(frame: pd.DataFrame, classes: list[str], truth: dict[str, str] | None = None) -> pd.DataFrame:
@@ -95,14 +123,17 @@ def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
 
 
 def load_pseudo_rows(path: str | Path, fold: int, table: LabelTable, data_dir: str | Path, fingerprint: dict,
-                     spec: ImageSpec, interp: str) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """(images in the training cache's shape, class indices, ids, provenance record) for one fold."""
+                     spec: ImageSpec, interp: str, soft: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, dict]:
+    """(images in the training cache's shape, class indices, ids, soft targets or None, provenance record)
+    for one fold."""
     folder = resolve_pseudo_dir(path, fold)
     frame, paths, meta = read_pseudo_dir(folder, fold, table, Path(data_dir), fingerprint)
     images = to_array(decode_all(paths), spec, interp) if paths else \
         np.empty((0, spec.height_px, spec.width_px, spec.in_chans), dtype=np.uint8)
     labels = np.array([table.classes.index(v) for v in frame["label"]], dtype=np.int64)
+    targets = soft_targets(frame, table.classes, folder / PSEUDO_CSV) if soft else None
     record = {"folder": str(folder), "csv_sha256": file_sha256(folder / PSEUDO_CSV), "rows": len(frame),
               "per_class": np.bincount(labels, minlength=len(table.classes)).tolist(),
               "sources": meta.get("sources"), "made_by": meta.get("source_exp")}
-    return images, labels, list(frame["id"]), record
+    return images, labels, list(frame["id"]), targets, record

@@ -19,7 +19,7 @@ from src.errors import UserError
 from src.fold_rows import split_of
 from src.inference import InferOptions, make_submission
 from src.predict import Predictor
-from src.pseudo import PSEUDO_CSV, pseudo_frame, select_confident, selection_table
+from src.pseudo import PSEUDO_CSV, per_round, pseudo_frame, select_confident, selection_table
 from src.repro import git_commit
 from src.runs import exp_dir, markdown_table, write_json
 
@@ -29,10 +29,12 @@ class PseudoOptions:
     """pseudo_label.py's options; the script's flags take their defaults from here."""
 
     exp: str
+    name: str = ""
     rounds: int = 3
     threshold: float = 0.8
-    max_per_class: int = 0
+    max_per_class: str = "0"
     balanced: bool = False
+    soft: bool = False
     unlabeled_dir: str = "unlabeled"
     use_test: bool = False
     test_dir: str = "test"
@@ -78,14 +80,15 @@ def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: P
     tables = []
     for fold_model in predictor.folds:
         probs = predictor.predict_views(images, predictor.views, folds=[fold_model], quiet=opt.quiet).mean(axis=(0, 1))
-        chosen = select_confident(probs, opt.threshold, opt.max_per_class, opt.balanced)
+        cap = per_round(opt.max_per_class, opt.rounds)[round_index - 1]
+        chosen = select_confident(probs, opt.threshold, cap, opt.balanced)
         frame = pseudo_frame(ids, probs, chosen, predictor.classes, round_index)
         folder = out / f"fold{fold_model.fold}"
         write_json(folder / "meta.json", {
             "fold": fold_model.fold, "classes": predictor.classes, "split": split_of(predictor.fingerprint),
             "round": round_index, "source_exp": str(predictor.exp_dir),
             "sources": [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else []),
-            "threshold": opt.threshold, "max_per_class": opt.max_per_class, "balanced": opt.balanced,
+            "threshold": opt.threshold, "max_per_class": cap, "balanced": opt.balanced,
             "views": predictor.views, "created": datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(REPO)})
         write_csv(folder / PSEUDO_CSV, frame)
@@ -106,6 +109,7 @@ def leaderboard(name: str, opt: PseudoOptions) -> dict:
 def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
     """Round 0 is the given experiment; rounds 1..R add pseudo-labels and retrain all folds."""
     base = exp_dir(opt.runs_dir, opt.exp)
+    prefix = opt.name or opt.exp
     for folder, what in ((opt.out_dir, "pseudo-labels"), (opt.runs_dir, "run directories"),
                          (opt.report_dir, "the report"), (opt.submissions_dir, "submissions")):
         check_writable(folder, what)
@@ -124,12 +128,12 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
              "oof_accuracy": pooled_oof(base), **leaderboard(opt.exp, opt)}]
     per_class = []
     for r in range(1, opt.rounds + 1):
-        name = f"{opt.exp}-pl{r}"
+        name = f"{prefix}-pl{r}"
         out = Path(opt.out_dir) / name
         table = label_round(predictor, ids, images, opt, r, out, truth)
         per_class.append(table.assign(round=r))
-        cfg = dataclasses.replace(retrain_base, exp=name, pseudo=str(out), runs_dir=opt.runs_dir,
-                                  device=opt.device).validate()
+        cfg = dataclasses.replace(retrain_base, exp=name, pseudo=str(out), pseudo_soft=opt.soft,
+                                  runs_dir=opt.runs_dir, device=opt.device).validate()
         train_folds(cfg, "all", resume=True, quiet=opt.quiet)
         overall = table[table["class"] == "all"]
         rows.append({"round": r, "exp": name, "selected_per_fold": float(overall["selected"].mean()),
@@ -144,13 +148,15 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
 
 def write_report(opt: PseudoOptions, report: pd.DataFrame, per_class: pd.DataFrame) -> None:
     folder = Path(opt.report_dir)
-    write_csv(folder / f"pseudo_{opt.exp}.csv", report)
-    write_csv(folder / f"pseudo_{opt.exp}_per_class.csv", per_class)
+    prefix = opt.name or opt.exp
+    write_csv(folder / f"pseudo_{prefix}.csv", report)
+    write_csv(folder / f"pseudo_{prefix}_per_class.csv", per_class)
     mean_per_class = per_class.groupby(["round", "class"], sort=False)[
         [c for c in ("selected", "accuracy") if c in per_class]].mean().reset_index()
-    text = [f"# Pseudo-labelling: {opt.exp}", "",
-            f"threshold {opt.threshold}, max per class {opt.max_per_class or 'none'}, balanced {opt.balanced}, "
+    text = [f"# Pseudo-labelling: {prefix} (from {opt.exp})", "",
+            f"threshold {opt.threshold}, max per class per round {opt.max_per_class} (0 = none), balanced "
+            f"{opt.balanced}, {'soft' if opt.soft else 'hard'} labels, "
             f"images from {opt.unlabeled_dir}{' and ' + opt.test_dir if opt.use_test else ''}; pseudo-labels per "
             f"fold from that fold's own model; selected and accuracy are means over folds.", "",
             markdown_table(report), "", "## Per class (mean over folds)", "", markdown_table(mean_per_class, 3), ""]
-    write_text(folder / f"pseudo_{opt.exp}.md", "\n".join(text))
+    write_text(folder / f"pseudo_{prefix}.md", "\n".join(text))

@@ -58,6 +58,7 @@ class FoldData:
     val_ids: list[str]
     train_ids: list[str]
     extra: dict  # provenance of rows added to training (e.g. the synthetic manifest's hash)
+    train_targets: np.ndarray | None = None  # (N, classes) soft targets when training on soft pseudo-labels
 
 
 @dataclass
@@ -98,7 +99,8 @@ class FoldTrainer:
         if cfg.class_weights == "balanced":
             weight = balanced_class_weights(data.train_labels, num_classes).to(rt.device)
         self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
-        self.dataset = ArrayBatches(data.train_images, data.train_labels, build_transforms(cfg.augment, cfg.flips))
+        targets = data.train_labels if data.train_targets is None else data.train_targets
+        self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips))
         self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
         self.norm = norm_tensors(info.mean, info.std, rt)
         self.check_forward()

@@ -1,5 +1,6 @@
 """Pseudo-label selection: threshold, per-class cap, class balance, and the report."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,7 +9,15 @@ import pytest
 
 from src.data import ImageSpec, LabelTable
 from src.errors import UserError
-from src.pseudo import load_pseudo_rows, pseudo_frame, read_pseudo_dir, select_confident, selection_table
+from src.pseudo import (
+    load_pseudo_rows,
+    per_round,
+    pseudo_frame,
+    read_pseudo_dir,
+    select_confident,
+    selection_table,
+    soft_targets,
+)
 
 PROBS = np.array([[0.95, 0.05], [0.70, 0.30], [0.99, 0.01], [0.10, 0.90], [0.92, 0.08], [0.40, 0.60]])
 
@@ -29,7 +38,8 @@ def test_per_class_cap_and_class_balance():
 def test_frame_and_report_count_and_score_against_known_labels():
     chosen = select_confident(PROBS, 0.9)
     frame = pseudo_frame([f"u{i}" for i in range(6)], PROBS, chosen, ["a", "b"], 1)
-    assert list(frame.columns) == ["id", "label", "confidence", "round"]
+    assert list(frame.columns) == ["id", "label", "confidence", "round", "prob_a", "prob_b"]
+    assert np.allclose(soft_targets(frame, ["a", "b"], Path("p.csv")), PROBS[chosen], atol=1e-5)
     assert frame["label"].tolist() == ["a", "a", "a", "b"] and frame["round"].eq(1).all()
     table = selection_table(frame, ["a", "b"], {"u0": "a", "u2": "b", "u3": "b"}).set_index("class")
     assert table.loc["a", "selected"] == 3 and table.loc["a", "accuracy"] == 0.5
@@ -58,7 +68,7 @@ def pseudo_setup(tmp_path, rows, fold=0):
 
 def test_pseudo_rows_load_for_their_fold_only(tmp_path):
     data, table = pseudo_setup(tmp_path, [("unlabeled/u0.png", "y", 0.99, 1), ("unlabeled/u1", "x", 0.9, 1)])
-    images, labels, ids, record = load_pseudo_rows(tmp_path / "pseudo", 0, table, data, SPLIT, ImageSpec(8, 8, 1),
+    images, labels, ids, _, record = load_pseudo_rows(tmp_path / "pseudo", 0, table, data, SPLIT, ImageSpec(8, 8, 1),
                                                    "area")
     assert images.shape == (2, 8, 8, 1) and labels.tolist() == [1, 0] and ids == ["unlabeled/u0.png", "unlabeled/u1"]
     assert record["rows"] == 2 and record["sources"] == ["unlabeled"] and len(record["csv_sha256"]) == 64
@@ -80,6 +90,17 @@ def test_bad_pseudo_rows_are_refused(tmp_path, row, message):
 
 def test_no_confident_rows_is_a_valid_empty_set(tmp_path):
     data, table = pseudo_setup(tmp_path, [])
-    images, labels, ids, record = load_pseudo_rows(tmp_path / "pseudo", 0, table, data, SPLIT, ImageSpec(8, 8, 1),
+    images, labels, ids, _, record = load_pseudo_rows(tmp_path / "pseudo", 0, table, data, SPLIT, ImageSpec(8, 8, 1),
                                                    "area")
     assert len(images) == len(labels) == len(ids) == record["rows"] == 0
+
+
+def test_per_round_caps_and_soft_target_errors():
+    assert per_round("0", 2) == [0, 0] and per_round("100,200", 3) == [100, 200, 200]
+    with pytest.raises(UserError, match="--max-per-class"):
+        per_round("10,x", 2)
+    frame = pd.DataFrame({"id": ["u0"], "label": ["a"], "prob_a": [0.7], "prob_b": [0.7]})
+    with pytest.raises(UserError, match="p.csv line 2: prob_ columns must be probabilities"):
+        soft_targets(frame, ["a", "b"], Path("p.csv"))
+    with pytest.raises(UserError, match="no column 'prob_b'"):
+        soft_targets(frame.drop(columns="prob_b"), ["a", "b"], Path("p.csv"))

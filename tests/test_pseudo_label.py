@@ -66,3 +66,14 @@ def test_bad_arguments_end_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "no trained folds" in proc.stderr
     proc = run_script("pseudo_label.py", "--exp", "nope", "--rounds", "0", "--quiet")
     assert proc.returncode == 2 and "--rounds must be >= 1" in proc.stderr
+
+
+def test_soft_pseudo_labels_train_and_are_recorded(demo, rounds):
+    proc = train(demo, "pl-soft", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1"),
+                 "--pseudo-soft", runs=rounds / "runs")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((rounds / "runs" / "pl-soft" / "fold0" / "config.json").read_text())
+    assert record["config"]["pseudo_soft"] is True and record["extra_rows"]["pseudo"]["rows"] > 0
+    proc = train(demo, "pl-soft-focal", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1"),
+                 "--pseudo-soft", "--loss", "focal", runs=rounds / "runs")
+    assert proc.returncode == 2 and "pseudo_soft needs" in proc.stderr

@@ -1,0 +1,99 @@
+"""ablate.py's plan (strict spec, shared runs, job list, resume) and its paired summary, without training."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.ablation import job_lines, plan_runs, spec_from_dict, unique_runs
+from src.ablation_report import ENSEMBLE, markdown_report, summarize
+from src.errors import UserError
+
+SPEC = {"name": "t", "data_dir": "data/x", "seeds": [1, 2], "folds": "0,1", "train": "--epochs 1",
+        "arms": {"real": {}, "heavy": {"train": "--augment heavy"}, "tta": {"tta": "auto"}}}
+
+
+def spec(**changes):
+    return spec_from_dict({**SPEC, **changes}, "test.yaml").validate()
+
+
+def test_spec_is_strict():
+    with pytest.raises(UserError, match="unknown key 'seed'"):
+        spec_from_dict({**SPEC, "seed": 1}, "test.yaml")
+    with pytest.raises(UserError, match="arm 'real' may only have"):
+        spec_from_dict({**SPEC, "arms": {"real": {"flags": "x"}, "b": {}}}, "test.yaml")
+    with pytest.raises(UserError, match="baseline 'nope'"):
+        spec(baseline="nope")
+    with pytest.raises(UserError, match="sets --seed"):
+        spec(arms={"a": {}, "b": {"train": "--seed 3"}})
+    with pytest.raises(UserError, match="labels_per_class 'ten'"):
+        spec(labels_per_class=["ten"])
+
+
+def test_arms_with_the_same_training_flags_share_runs_and_flags_name_the_experiment():
+    s = spec()
+    plan = plan_runs(s)
+    assert len(plan) == 3 * 2 and len(unique_runs(plan)) == 2 * 2  # the TTA arm reuses real's models
+    assert plan[("x", "tta", 1)].exp == plan[("x", "real", 1)].exp != plan[("x", "heavy", 1)].exp
+    assert plan[("x", "real", 1)].exp != plan[("x", "real", 2)].exp
+    edited = plan_runs(spec(arms={"real": {}, "heavy": {"train": "--augment light"}}))
+    assert edited[("x", "heavy", 1)].exp != plan[("x", "heavy", 1)].exp  # changed flags: a new experiment
+    assert "--seed" in plan[("x", "real", 2)].args and "2" in plan[("x", "real", 2)].args
+
+
+def test_demo_regimes_get_their_folders_and_flags():
+    s = spec(labels_per_class="10,all", regime_train={"10": "--batch-size 16"},
+             arms={"real": {}, "syn": {"train": "--synthetic synthetic/g-lpc{lpc}"}})
+    plan = plan_runs(s)
+    assert plan[("lpc10", "real", 1)].args[:4] == ["--epochs", "1", "--batch-size", "16"]
+    assert "data/x_lpc10" in plan[("lpc10", "syn", 1)].args and "synthetic/g-lpc10" in plan[("lpc10", "syn", 1)].args
+    assert "synthetic/g-lpcall" in plan[("lpcall", "syn", 2)].args and "data/x" in plan[("lpcall", "syn", 2)].args
+
+
+def test_job_list_has_one_command_per_unfinished_fold(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (tmp_path / "folds").mkdir()
+    pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 0], "fold": [0, 1, 2]}).to_csv(
+        tmp_path / "folds" / "x_k3_s42.csv", index=False)
+    s = spec()
+    lines = job_lines(s)
+    assert len(lines) == 2 * 2 * 2 and all(line.startswith("python train.py ") for line in lines)
+    assert all("--resume" in line for line in lines)
+    run = plan_runs(s)[("x", "real", 1)]
+    done = tmp_path / "runs" / run.exp / "fold0"
+    done.mkdir(parents=True)
+    (done / "best.pt").write_bytes(b"")
+    (done / "oof.csv").write_text("")
+    lines = job_lines(s)
+    assert len(lines) == 7 and not any(run.exp in line and "--fold 0 " in line for line in lines)
+
+
+def results(arm_shift: dict, missing: tuple = ()) -> pd.DataFrame:
+    rows = []
+    base = {(s, k): 0.8 + 0.01 * k + 0.02 * s for s in (1, 2) for k in (0, 1)}
+    for arm, shift in arm_shift.items():
+        for (seed, fold), value in base.items():
+            oof = np.nan if (arm, seed, fold) in missing else value + shift + (0.001 * fold if shift else 0)
+            rows.append({"regime": "x", "arm": arm, "seed": seed, "fold": str(fold), "oof": oof,
+                         "private": oof, "public": oof})
+        rows += [{"regime": "x", "arm": arm, "seed": s, "fold": ENSEMBLE, "oof": 0.9, "private": 0.9}
+                 for s in (1, 2)]
+    return pd.DataFrame(rows)
+
+
+def test_summary_pairs_over_folds_and_seeds():
+    s = spec()
+    summary = summarize(s, results({"real": 0.0, "heavy": 0.05, "tta": -0.05})).set_index("arm")
+    assert summary.loc["real", "oof_verdict"] == "baseline"
+    assert summary.loc["heavy", "oof_pairs"] == 4 and summary.loc["heavy", "oof_diff"] == pytest.approx(0.0505)
+    assert summary.loc["heavy", "oof_verdict"] == "helps" and summary.loc["tta", "oof_verdict"] == "hurts"
+    assert summary.loc["heavy", "runs_done"] == 4 and summary.loc["heavy", "ensemble_private_mean"] == 0.9
+
+
+def test_missing_runs_give_a_partial_report_without_verdicts():
+    s = spec()
+    frame = results({"real": 0.0, "heavy": 0.05, "tta": 0.0}, missing=(("heavy", 2, 1),))
+    summary = summarize(s, frame)
+    row = summary.set_index("arm").loc["heavy"]
+    assert row["runs_done"] == 3 and row["oof_pairs"] == 3 and row["oof_verdict"] == "incomplete"
+    text = markdown_report(s, summary, frame)
+    assert "PARTIAL: 11 of 12 fold runs finished" in text and "incomplete" in text
