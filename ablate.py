@@ -40,7 +40,7 @@ def main() -> None:
     failed = [] if args.collect else run_all(spec, args.quiet)
     from src.ablation_report import collect, write_report
     summary, path = write_report(spec, collect(spec, args.device, args.quiet))
-    print(open(path).read())
+    print(path.read_text())
     if failed:
         sys.exit(f"error: {len(failed)} training job(s) failed, the report is partial:\n" + "\n".join(failed))
 

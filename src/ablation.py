@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from src.config import load_config_file
 from src.errors import UserError
-from src.folds import parse_fold_arg
+from src.folds import default_folds_path, parse_fold_arg
 from src.paired import CI_METHODS
+from src.runs import fold_dir, fold_finished
 
 REPO = Path(__file__).resolve().parent.parent
 ARM_KEYS = ("train", "tta")
@@ -163,13 +164,9 @@ class Run:
     """One train.py experiment: a regime, the training flags of one or more arms, and a seed."""
 
     regime: Regime
-    arm: str  # the first arm with these training flags
     seed: int
-    exp: str
+    exp: str  # named after the first arm with these training flags
     args: list[str]  # train.py arguments without --fold
-
-    def fold_dir(self, runs_dir: str, k: int) -> Path:
-        return Path(runs_dir) / self.exp / f"fold{k}"
 
 
 def fill(text: str, regime: Regime) -> str:
@@ -195,7 +192,7 @@ def plan_runs(spec: AblationSpec) -> dict[tuple[str, str, int], Run]:
                 exp = f"abl-{spec.name}-{regime.name}-{owner}-s{seed}-{digest}"
                 args = [*flags, "--data-dir", regime.data_dir, "--runs-dir", spec.runs_dir, "--exp", exp,
                         "--seed", str(seed)]
-                plan[(regime.name, arm.name, seed)] = Run(regime, owner, seed, exp, args)
+                plan[(regime.name, arm.name, seed)] = Run(regime, seed, exp, args)
     return plan
 
 
@@ -203,21 +200,20 @@ def unique_runs(plan: dict) -> list[Run]:
     return list({run.exp: run for run in plan.values()}.values())
 
 
-def fold_finished(run: Run, runs_dir: str, k: int) -> bool:
-    """The rule infer.py uses: best.pt and oof.csv exist (oof.csv is written when a fold ends)."""
-    folder = run.fold_dir(runs_dir, k)
-    return (folder / "best.pt").is_file() and (folder / "oof.csv").is_file()
+def run_fold_finished(run: Run, runs_dir: str, k: int) -> bool:
+    return fold_finished(fold_dir(runs_dir, run.exp, k))
 
 
 def run_folds(spec: AblationSpec, run: Run) -> list[int]:
     """The spec's folds of this run's fold file (--folds-csv in the flags, else folds/<data name>_k*_s*.csv;
     5 folds, make_folds.py's default, while prepare_commands has yet to write it)."""
     args = run.args
-    given = args[args.index("--folds-csv") + 1] if "--folds-csv" in args[:-1] else ""
-    found = [Path(given)] if given else sorted(Path("folds").glob(f"{Path(run.regime.data_dir).name}_k*_s*.csv"))
-    n_folds = 5
-    if len(found) == 1 and found[0].is_file():
-        n_folds = int(pd.read_csv(found[0], usecols=["fold"])["fold"].max()) + 1
+    try:
+        path = Path(args[args.index("--folds-csv") + 1]) if "--folds-csv" in args[:-1] else \
+            default_folds_path("folds", run.regime.data_dir)
+    except UserError:  # none yet (prepare_commands makes it), or several (train.py will say so)
+        path = None
+    n_folds = int(pd.read_csv(path, usecols=["fold"])["fold"].max()) + 1 if path and path.is_file() else 5
     return parse_fold_arg(spec.folds, n_folds)
 
 
@@ -246,7 +242,7 @@ def job_lines(spec: AblationSpec) -> list[str]:
     lines = [shlex.join([python, *cmd]) for cmd in prepare_commands(spec)]
     for run in unique_runs(plan_runs(spec)):
         for k in run_folds(spec, run):
-            if not fold_finished(run, spec.runs_dir, k):
+            if not run_fold_finished(run, spec.runs_dir, k):
                 lines.append(shlex.join([python, *train_command(run, [k])]))
     return lines
 
@@ -275,7 +271,7 @@ def run_all(spec: AblationSpec, quiet: bool) -> list[str]:
             raise UserError(f"{shlex.join(cmd)} failed; see {logs / 'prepare.log'}:\n{log_tail(logs / 'prepare.log')}")
     todo = []
     for run in unique_runs(plan_runs(spec)):
-        folds = [k for k in run_folds(spec, run) if not fold_finished(run, spec.runs_dir, k)]
+        folds = [k for k in run_folds(spec, run) if not run_fold_finished(run, spec.runs_dir, k)]
         if folds:
             todo.append((run, folds))
     failed = []

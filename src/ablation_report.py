@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.ablation import AblationSpec, Run, fold_finished, plan_runs, regimes, run_folds, train_flags
+from src.ablation import AblationSpec, Run, plan_runs, regimes, run_fold_finished, run_folds, train_flags
 from src.atomic import save_figure, write_csv, write_text
 from src.data import decode_all
-from src.inference import load_oof_data, oof_images, test_images
+from src.inference import load_oof_data, oof_by_view, test_images
 from src.metrics import accuracy, macro_f1
 from src.paired import paired_ci, verdict
 from src.predict import Predictor
@@ -31,8 +31,8 @@ ENSEMBLE = "ensemble"
 
 def weights_stamp(exp_dir: Path, folds: list[int]) -> str:
     """Changes whenever a fold's best.pt is rewritten, so cached scores are never stale."""
-    parts = [f"{k}:{(exp_dir / f'fold{k}' / 'best.pt').stat().st_size}:"
-             f"{(exp_dir / f'fold{k}' / 'best.pt').stat().st_mtime_ns}" for k in folds]
+    stats = [(exp_dir / f"fold{k}" / "best.pt").stat() for k in folds]
+    parts = [f"{k}:{st.st_size}:{st.st_mtime_ns}" for k, st in zip(folds, stats)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -41,35 +41,29 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
     ensemble's leaderboard); public/private only where the data folder has a solution.csv."""
     p = Predictor.load(exp_dir, device=device, tta=tta, folds=folds)
     data = load_oof_data([p], quiet)
-    images = oof_images(p, data, all_folds=False)
+    oof = np.mean(list(oof_by_view(p, data, p.views, quiet, all_folds=False).values()), axis=0)
     data_dir = Path(p.cfg.data_dir)
     sample_path, solution_path = data_dir / "sample_submission.csv", data_dir / "solution.csv"
     has_lb = sample_path.is_file() and solution_path.is_file()
     if has_lb:
         sample, solution = read_sample(sample_path), read_solution(solution_path)
         test = p.prepare(decode_all(test_images(data_dir, "test", sample, sample_path), quiet=quiet))
+        per_fold_test = p.predict_views(test, p.views, quiet=quiet).mean(axis=1)  # (folds, N, classes)
 
     def leaderboard(probs: np.ndarray) -> dict:
-        if not has_lb:
-            return {}
         frame = build_submission(sample, p.classes, probs, p.labels_from_probs(probs), False, sample_path)
         scores = score_frame(frame, solution, metric, sample_path)
         return {k: scores[k] for k in ("public", "private") if k in scores}
 
     score = SCORERS[metric]
-    rows, ys, oofs, tests = [], [], [], []
-    for fm in p.folds:
+    rows = []
+    for i, fm in enumerate(p.folds):
         idx = np.flatnonzero(data.fold_of == fm.fold)
-        probs = p.predict_views(images[idx], p.views, folds=[fm], quiet=quiet).mean(axis=(0, 1))
-        ys.append(data.y[idx])
-        oofs.append(probs)
-        lb = {}
-        if has_lb:
-            tests.append(p.predict_views(test, p.views, folds=[fm], quiet=quiet).mean(axis=(0, 1)))
-            lb = leaderboard(tests[-1])
-        rows.append({"fold": str(fm.fold), "oof": score(data.y[idx], probs), **lb})
-    pooled = score(np.concatenate(ys), np.concatenate(oofs))
-    rows.append({"fold": ENSEMBLE, "oof": pooled, **(leaderboard(np.mean(tests, axis=0)) if has_lb else {})})
+        rows.append({"fold": str(fm.fold), "oof": score(data.y[idx], oof[idx]),
+                     **(leaderboard(per_fold_test[i]) if has_lb else {})})
+    scored = np.isin(data.fold_of, folds)
+    rows.append({"fold": ENSEMBLE, "oof": score(data.y[scored], oof[scored]),
+                 **(leaderboard(per_fold_test.mean(axis=0)) if has_lb else {})})
     return pd.DataFrame(rows).assign(views="+".join(p.views))
 
 
@@ -95,7 +89,7 @@ def collect(spec: AblationSpec, device: str, quiet: bool) -> pd.DataFrame:
         arm = spec.arm(arm_name)
         tta = arm.tta or spec.tta
         folds = run_folds(spec, run)
-        done = [k for k in folds if fold_finished(run, spec.runs_dir, k)]
+        done = [k for k in folds if run_fold_finished(run, spec.runs_dir, k)]
         scores = cached_scores(spec, run, done, tta, device, quiet) if done else pd.DataFrame(columns=["fold"])
         key = {"regime": regime, "arm": arm_name, "seed": seed, "exp": run.exp, "tta": tta}
         for k in folds:

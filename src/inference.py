@@ -48,8 +48,10 @@ def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
     return OofData(table.ids, table.labels, fold_of, decode_all(table.paths, quiet=quiet), table, folds_path)
 
 
-def oof_images(p: Predictor, data: OofData, all_folds: bool = True) -> np.ndarray:
-    """The training rows shaped for `p`, after checking they are the rows it was trained and validated on."""
+def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_folds: bool = True
+                ) -> dict[str, np.ndarray]:
+    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}. With
+    all_folds=False `p` may hold only some folds; the other folds' rows stay zero."""
     images = p.prepare(data.decoded)
     now = data_fingerprint(data.table, data.folds_path, images)
     changed = [k for k, v in now.items() if p.fingerprint.get(k) != v]
@@ -57,12 +59,6 @@ def oof_images(p: Predictor, data: OofData, all_folds: bool = True) -> np.ndarra
         # A changed fold file would score rows with a model that trained on them.
         raise UserError(f"{p.exp_dir}: train.csv, the fold file or the images changed since training "
                         f"({', '.join(changed) or 'fold count'} differ); its OOF rows cannot be trusted")
-    return images
-
-
-def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool) -> dict[str, np.ndarray]:
-    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}."""
-    images = oof_images(p, data)
     out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
     for fold in p.folds:
         rows = np.flatnonzero(data.fold_of == fold.fold)

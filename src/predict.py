@@ -20,7 +20,7 @@ from src.engine import Runtime, norm_tensors, predict_probs, setup_runtime
 from src.errors import UserError
 from src.metrics import eer_point
 from src.models import build_model
-from src.runs import load_checkpoint, read_oof
+from src.runs import fold_finished, load_checkpoint, read_oof
 from src.tta import VIEWS, parse_views
 
 
@@ -49,9 +49,8 @@ def read_experiment(exp_dir: Path, folds: list[int] | None = None) -> dict:
         n_folds = int(info["n_folds"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"{config}: not a config.json written by train.py") from None
-    # best.pt appears at the first improving epoch; oof.csv only when the fold finished.
     wanted = range(n_folds) if folds is None else folds
-    unfinished = [k for k in wanted if not all((exp_dir / f"fold{k}" / f).is_file() for f in ("best.pt", "oof.csv"))]
+    unfinished = [k for k in wanted if not fold_finished(exp_dir / f"fold{k}")]
     if unfinished:
         folds = ",".join(map(str, unfinished))
         raise UserError(f"{exp_dir}: fold(s) {folds} of {n_folds} not finished (no best.pt/oof.csv); train or "

@@ -49,7 +49,7 @@ def per_round(text: str, rounds: int) -> list[int]:
     try:
         values = [int(v) for v in str(text).split(",")]
     except ValueError:
-        values = [-1]
+        values = []
     if not values or min(values) < 0:
         raise UserError(f"--max-per-class {text!r}: use a count >= 0, or one per round like 100,200,300")
     return [values[min(r, len(values) - 1)] for r in range(rounds)]

@@ -31,6 +31,12 @@ def fold_dir(runs_dir: str | Path, exp: str, fold: int) -> Path:
     return exp_dir(runs_dir, exp) / f"fold{fold}"
 
 
+def fold_finished(folder: Path) -> bool:
+    """A fold run is finished when it has best.pt (written at the first improving epoch) and oof.csv
+    (written only when the fold ends)."""
+    return (folder / "best.pt").is_file() and (folder / "oof.csv").is_file()
+
+
 def write_json(path: Path, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
