@@ -16,8 +16,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="ablation file (YAML/JSON): arms, seeds, folds, regimes; see configs/ablations/")
     parser.add_argument("--name", default="", help="report and experiment name (default: the spec's)")
-    parser.add_argument("--seeds", default="", help="override the spec's seeds, e.g. 42,43")
-    parser.add_argument("--folds", default="", help="override the spec's folds: 'all' or a list like 0,1,2")
+    parser.add_argument("--seeds", default="", help="override the spec's seeds (every regime), e.g. 42,43")
+    parser.add_argument("--folds", default="", help="override the spec's folds (every regime): all or 0,1,2")
     parser.add_argument("--labels-per-class", default="", help="override the demo regimes, e.g. 10,50,all")
     parser.add_argument("--ci", default="", choices=["", "t", "bootstrap"], help="override the interval method")
     parser.add_argument("--print-jobs", action="store_true", help="print the remaining jobs, one command per line")
@@ -30,7 +30,9 @@ def main() -> None:
     spec = load_spec(args.spec)
     overrides = {k: v for k, v in {"name": args.name, "folds": args.folds, "ci": args.ci}.items() if v}
     if args.seeds:
-        overrides["seeds"] = parse_seeds(args.seeds, "--seeds")
+        overrides.update(seeds=parse_seeds(args.seeds, "--seeds"), regime_seeds={})
+    if args.folds:
+        overrides["regime_folds"] = {}
     if args.labels_per_class:
         overrides["labels_per_class"] = args.labels_per_class.split(",")
     spec = dataclasses.replace(spec, **overrides).validate()

@@ -27,7 +27,7 @@ from src.runs import fold_dir, fold_finished
 REPO = Path(__file__).resolve().parent.parent
 ARM_KEYS = ("train", "tta")
 SPEC_KEYS = ("name", "arms", "baseline", "seeds", "folds", "labels_per_class", "data_dir", "train", "regime_train",
-             "tta", "metric", "ci", "runs_dir", "report_dir")
+             "regime_seeds", "regime_folds", "tta", "metric", "ci", "runs_dir", "report_dir")
 METRICS = ("accuracy", "macro_f1")
 
 
@@ -51,6 +51,9 @@ class AblationSpec:
     data_dir: str = "data/mnist5k"
     train: str = ""  # flags for every run
     regime_train: dict[str, str] = field(default_factory=dict)  # extra flags per labels-per-class value
+    # Fewer seeds or folds for an expensive regime (e.g. all labels); the others use seeds / folds.
+    regime_seeds: dict[str, list[int]] = field(default_factory=dict)
+    regime_folds: dict[str, str] = field(default_factory=dict)
     tta: str = "none"
     metric: str = "accuracy"
     ci: str = "t"
@@ -75,9 +78,13 @@ class AblationSpec:
         for value in self.labels_per_class:
             if value != "all" and not (value.isdigit() and int(value) > 0):
                 raise UserError(f"{where}: labels_per_class {value!r}: use positive integers or 'all'")
-        for value in self.regime_train:  # may name regimes left out by --labels-per-class
-            if value != "all" and not (value.isdigit() and int(value) > 0):
-                raise UserError(f"{where}: regime_train key {value!r}: use a labels-per-class number or 'all'")
+        for key in ("regime_train", "regime_seeds", "regime_folds"):
+            for value in getattr(self, key):  # may name regimes left out by --labels-per-class
+                if value != "all" and not (value.isdigit() and int(value) > 0):
+                    raise UserError(f"{where}: {key} key {value!r}: use a labels-per-class number or 'all'")
+        for value, seeds in self.regime_seeds.items():
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise UserError(f"{where}: regime_seeds {value!r} must be a non-empty list of distinct integers")
         if self.metric not in METRICS:
             raise UserError(f"{where}: metric {self.metric!r}: choose from {METRICS}")
         if self.ci not in CI_METHODS:
@@ -128,6 +135,11 @@ def spec_from_dict(values: dict, source: str) -> AblationSpec:
     if "folds" in kwargs:
         kwargs["folds"] = ",".join(_as_list(kwargs["folds"], "folds", source))
     kwargs["regime_train"] = {str(k): str(v or "") for k, v in (kwargs.get("regime_train") or {}).items()}
+    kwargs["regime_seeds"] = {str(k): parse_seeds(",".join(_as_list(v, "regime_seeds", source)),
+                                                  f"{source}: regime_seeds {k}")
+                              for k, v in (kwargs.get("regime_seeds") or {}).items()}
+    kwargs["regime_folds"] = {str(k): ",".join(_as_list(v, "regime_folds", source))
+                              for k, v in (kwargs.get("regime_folds") or {}).items()}
     for key in ("name", "baseline", "data_dir", "train", "tta", "metric", "ci", "runs_dir", "report_dir"):
         if key in kwargs:
             kwargs[key] = str(kwargs[key] or "")
@@ -146,16 +158,19 @@ class Regime:
     data_dir: str
     labels_per_class: int  # 0 = every label (or not a demo regime)
     train: str  # extra train.py flags for this regime
+    seeds: list[int]
+    folds: str  # 'all' or a list like 0,1,2
 
 
 def regimes(spec: AblationSpec) -> list[Regime]:
     if not spec.labels_per_class:
-        return [Regime(Path(spec.data_dir).name, spec.data_dir, 0, "")]
+        return [Regime(Path(spec.data_dir).name, spec.data_dir, 0, "", spec.seeds, spec.folds)]
     out = []
     for value in spec.labels_per_class:
         n = 0 if value == "all" else int(value)
         folder = spec.data_dir + (f"_lpc{n}" if n else "")
-        out.append(Regime(f"lpc{value}", folder, n, spec.regime_train.get(value, "")))
+        out.append(Regime(f"lpc{value}", folder, n, spec.regime_train.get(value, ""),
+                          spec.regime_seeds.get(value, spec.seeds), spec.regime_folds.get(value, spec.folds)))
     return out
 
 
@@ -188,7 +203,7 @@ def plan_runs(spec: AblationSpec) -> dict[tuple[str, str, int], Run]:
             key = shlex.join(flags)
             owner = first_with.setdefault(key, arm.name)
             digest = hashlib.sha256(f"{regime.data_dir}\0{key}".encode()).hexdigest()[:6]
-            for seed in spec.seeds:
+            for seed in regime.seeds:
                 exp = f"abl-{spec.name}-{regime.name}-{owner}-s{seed}-{digest}"
                 args = [*flags, "--data-dir", regime.data_dir, "--runs-dir", spec.runs_dir, "--exp", exp,
                         "--seed", str(seed)]
@@ -205,7 +220,7 @@ def run_fold_finished(run: Run, runs_dir: str, k: int) -> bool:
 
 
 def run_folds(spec: AblationSpec, run: Run) -> list[int]:
-    """The spec's folds of this run's fold file (--folds-csv in the flags, else folds/<data name>_k*_s*.csv;
+    """The regime's folds of this run's fold file (--folds-csv in the flags, else folds/<data name>_k*_s*.csv;
     5 folds, make_folds.py's default, while prepare_commands has yet to write it)."""
     args = run.args
     try:
@@ -214,7 +229,7 @@ def run_folds(spec: AblationSpec, run: Run) -> list[int]:
     except UserError:  # none yet (prepare_commands makes it), or several (train.py will say so)
         path = None
     n_folds = int(pd.read_csv(path, usecols=["fold"])["fold"].max()) + 1 if path and path.is_file() else 5
-    return parse_fold_arg(spec.folds, n_folds)
+    return parse_fold_arg(run.regime.folds, n_folds)
 
 
 def prepare_commands(spec: AblationSpec) -> list[list[str]]:

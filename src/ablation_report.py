@@ -171,7 +171,7 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
               f"**PARTIAL: {done} of {expected} fold runs finished; arms with missing runs get no verdict**")
     method = {"t": "Student t interval", "bootstrap": "percentile bootstrap of the mean (10,000 resamples)"}[spec.ci]
     lines = [f"# Ablation: {spec.name}", "",
-             f"Status: {status}. Baseline arm: `{spec.baseline}`. Seeds {spec.seeds}, folds {spec.folds}; "
+             f"Status: {status}. Baseline arm: `{spec.baseline}`. "
              f"metric {spec.metric}; default TTA `{spec.tta}`; common train.py flags `{spec.train or '(none)'}`.",
              f"Differences are arm − baseline in percentage points, paired over (fold, seed), with a 95 % {method}. "
              "Folds share training rows, so the pairs are not fully independent and the intervals lean optimistic. "
@@ -180,7 +180,8 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
     for regime in regimes(spec):
         part = summary[summary["regime"] == regime.name]
         flags = " ".join(train_flags(spec, spec.arm(spec.baseline), regime)) or "(none)"
-        lines += [f"## {regime.name} ({regime.data_dir}; baseline flags `{flags}`)", ""]
+        lines += [f"## {regime.name} ({regime.data_dir}; baseline flags `{flags}`; seeds {regime.seeds}, "
+                  f"folds {regime.folds})", ""]
         table = pd.DataFrame({
             "arm": part["arm"], "differs": part["differs"].map(lambda s: f"`{s}`"),
             "runs": [f"{d}/{e}" for d, e in zip(part["runs_done"], part["runs_expected"])],

@@ -1,9 +1,11 @@
 """ablate.py's plan (strict spec, shared runs, job list, resume) and its paired summary, without training."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from src.ablation import job_lines, plan_runs, spec_from_dict, unique_runs
+from src.ablation import job_lines, load_spec, plan_runs, regimes, spec_from_dict, unique_runs
 from src.ablation_report import ENSEMBLE, markdown_report, summarize
 from src.errors import UserError
 
@@ -97,3 +99,20 @@ def test_missing_runs_give_a_partial_report_without_verdicts():
     assert row["runs_done"] == 3 and row["oof_pairs"] == 3 and row["oof_verdict"] == "incomplete"
     text = markdown_report(s, summary, frame)
     assert "PARTIAL: 11 of 12 fold runs finished" in text and "incomplete" in text
+
+
+def test_an_expensive_regime_can_have_fewer_seeds_and_folds():
+    s = spec(labels_per_class=[10, "all"], folds="all", regime_seeds={"all": [1]}, regime_folds={"all": "0,2"})
+    plan = plan_runs(s)
+    assert {seed for (regime, _, seed) in plan if regime == "lpcall"} == {1}
+    assert {seed for (regime, _, seed) in plan if regime == "lpc10"} == {1, 2}
+    lpcall = next(r for r in regimes(s) if r.name == "lpcall")
+    assert lpcall.folds == "0,2" and next(r for r in regimes(s) if r.name == "lpc10").folds == "all"
+    with pytest.raises(UserError, match="regime_seeds key 'ten'"):
+        spec(regime_seeds={"ten": [1]})
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("configs/ablations/*.yaml")))
+def test_shipped_ablation_specs_load_and_plan(path):
+    s = load_spec(path).validate()
+    assert plan_runs(s) and all("{lpc}" not in " ".join(run.args) for run in plan_runs(s).values())
