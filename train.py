@@ -1,4 +1,7 @@
-"""Train one or more cross-validation folds: python train.py --fold 0 (or 0,1,2 or all)."""
+"""Train one or more cross-validation folds: python train.py --fold 0 (or 0,1,2 or all).
+
+Without --fold the fold comes from $KIT_FOLD or $SLURM_ARRAY_TASK_ID (one fold per array task), else 0.
+Data-parallel on several GPUs (or CPU processes): torchrun --nproc-per-node N train.py --fold 0."""
 import argparse
 
 from src.cli import quiet_default, run_main
@@ -7,7 +10,8 @@ from src.config import add_config_flags, config_from_args
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--fold", default="0", help="fold index, comma list (0,2,4) or 'all'")
+    parser.add_argument("--fold", default=None,
+                        help="fold index, comma list (0,2,4) or 'all' (default: $KIT_FOLD, $SLURM_ARRAY_TASK_ID, 0)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt, exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
@@ -22,7 +26,9 @@ def main() -> None:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return
     from src.cv import train_folds  # heavy imports only once the arguments are known to be valid
-    train_folds(cfg, args.fold, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    from src.folds import fold_from_env
+    fold, source = fold_from_env(args.fold)
+    train_folds(cfg, fold, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, fold_source=source)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ HELP = {
                "(albumentations)",
     "flips": "random flips added to the pipeline (off by default: they break digits and text)",
     "epochs": "maximum number of epochs",
-    "batch_size": "images per optimiser step",
+    "batch_size": "images per optimiser step (under torchrun: over all processes, split evenly)",
     "optimizer": "optimiser",
     "lr": "peak learning rate",
     "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
@@ -91,7 +91,8 @@ HELP = {
     "channels_last": "channels_last memory format (measured faster on CPU too)",
     "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
     "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
-    "threads": "torch CPU threads; 0 = all cores",
+    "threads": "torch CPU threads; 0 = all cores (shared by the processes torchrun starts on one machine)",
+    "sync_batchnorm": "under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm)",
     "synthetic": "gen_synthetic.py sample folder (synthetic/<exp>, or one fold's folder); its rows join the "
                  "fold's training split only, and a folder made for another fold is refused",
     "synthetic_ratio": "synthetic rows per real training row, per class",
@@ -164,6 +165,7 @@ class TrainConfig(DataFields):
     deterministic: bool = True
     num_workers: int = -1
     threads: int = 0
+    sync_batchnorm: bool = False
     synthetic: str = ""
     synthetic_ratio: float = 0.25
     synthetic_per_class: int = 0

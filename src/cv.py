@@ -1,7 +1,9 @@
 """Cross-validated training: validate the data and folds once, decode images once, train the chosen folds."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 from datetime import datetime
@@ -21,6 +23,7 @@ from src.data import (
     read_train_table,
     to_array,
 )
+from src.distributed import barrier, shutdown
 from src.engine import setup_runtime
 from src.errors import UserError
 from src.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
@@ -123,17 +126,31 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
 
 
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
-                quiet: bool = False) -> list[dict]:
-    """Train each requested fold; returns one metrics dict per fold and prints the OOF summary."""
+                quiet: bool = False, fold_source: str = "--fold") -> list[dict]:
+    """Train each requested fold; returns one metrics dict per fold and prints the OOF summary. Under
+    torchrun every process runs this; rank 0 alone prints and writes files."""
     signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     table, fold_of, folds_path = load_labelled(cfg)
     n_folds = int(fold_of.max()) + 1
-    folds = parse_fold_arg(fold_arg, n_folds)
+    folds = parse_fold_arg(fold_arg, n_folds, fold_source)
     actions = {k: run_dir_action(fold_dir(cfg.runs_dir, cfg.exp, k), resume, overwrite) for k in folds}
     check_writable(cfg.runs_dir, "run directories")
-    rt = setup_runtime(cfg)
+    rt = setup_runtime(cfg, distributed=True)
+    try:
+        if rt.dist.is_main:
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet=True)
+    finally:
+        shutdown()
+
+
+def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
+                 actions: dict, rt, quiet: bool) -> list[dict]:
+    n_folds = int(fold_of.max()) + 1
+    processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
-          f"device {rt.device}")
+          f"device {rt.device}{processes}")
     decoded = decode_all(table.paths, quiet=quiet)
     spec = infer_spec(decoded, cfg.image_size_px)
     images = to_array(decoded, spec, cfg.resize_interp)
@@ -145,18 +162,22 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
         if cfg.pseudo:
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
-              "packages": package_versions()}
+              "packages": package_versions(), "world_size": rt.dist.world_size}
     results = []
     for k in folds:
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
-        write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
-            trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
-        # Which rows trained this fold, so anyone can check that no validation id is among them.
-        write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
+        if rt.dist.is_main:
+            write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
+                trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
+            # Which rows trained this fold, so anyone can check that no validation id is among them.
+            write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
+        barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
         if actions[k] == "resume":
             trainer.resume()
         trainer.fit(quiet)
         results.append(trainer.write_oof())
-    summary = summarize_oof(exp_dir(cfg.runs_dir, cfg.exp), table.classes, config_to_dict(cfg), info["fingerprint"])
-    print(f"\nOOF summary ({exp_dir(cfg.runs_dir, cfg.exp)}/oof_summary.md):\n{markdown_table(summary)}")
+    if rt.dist.is_main:
+        summary = summarize_oof(exp_dir(cfg.runs_dir, cfg.exp), table.classes, config_to_dict(cfg),
+                                info["fingerprint"])
+        print(f"\nOOF summary ({exp_dir(cfg.runs_dir, cfg.exp)}/oof_summary.md):\n{markdown_table(summary)}")
     return results

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from src.augment import augment_batch
 from src.config import TrainConfig
+from src.distributed import SINGLE, Dist, ShardedBatches, init_distributed
 from src.errors import UserError
+from src.repro import derived_seed
 
 
 @dataclass
@@ -22,16 +24,21 @@ class Runtime:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
+    dist: Dist = SINGLE
 
 
-def setup_runtime(cfg: TrainConfig) -> Runtime:
-    """Pick the device, threads, precision and determinism settings for a run."""
+def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
+    """Pick the device, threads, precision and determinism settings for a run; with `distributed`, join
+    torchrun's process group when there is one (one GPU per local rank)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    # The cores this process may use (a container or taskset can allow fewer than the machine has).
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    info = init_distributed(use_cuda) if distributed else SINGLE
+    device = torch.device("cuda", info.local_rank) if use_cuda and info.enabled else \
+        torch.device("cuda" if use_cuda else "cpu")
+    # The cores this process may use (a container or taskset can allow fewer than the machine has), shared
+    # by the processes torchrun started on this machine.
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -40,7 +47,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     amp_dtype = None
     if use_cuda and cfg.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Runtime(device, amp_dtype, cfg.channels_last)
+    return Runtime(device, amp_dtype, cfg.channels_last, info)
 
 
 class ArrayBatches(torch.utils.data.Dataset):
@@ -70,14 +77,22 @@ def _seed_worker(_worker_id: int) -> None:
     info.dataset.reseed(torch.initial_seed() % 2**31)
 
 
-def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool):
-    """Shuffled batches for one epoch, fully determined by `seed`."""
+def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
+                 info: Dist = SINGLE):
+    """Shuffled batches for one epoch, fully determined by `seed`. Under DDP every rank draws the same
+    global batches (`batch_size` is the global batch) and takes its share, with its own augmentation seed."""
     generator = torch.Generator().manual_seed(seed)
-    dataset.reseed(seed)
     sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
                                             batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
+    loader_generator = generator
+    if info.enabled:
+        sampler = ShardedBatches(sampler, info)
+        seed = derived_seed(seed, info.rank)
+        loader_generator = torch.Generator().manual_seed(seed)
+    dataset.reseed(seed)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                                       pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator)
+                                       pin_memory=pin_memory, worker_init_fn=_seed_worker,
+                                       generator=loader_generator)
 
 
 def drops_last_batch(num_images: int, batch_size: int) -> bool:
@@ -126,7 +141,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
-            ema.update(model, step=step + 1)
+            ema.update(getattr(model, "module", model), step=step + 1)  # the weights, not the DDP wrapper
         loss_sum += loss.detach() * len(y)
         seen += len(y)
         step += 1

@@ -1,6 +1,7 @@
 """Cross-validation folds: stratified, optionally grouped, with exact duplicates kept together."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,17 +109,31 @@ def default_folds_path(folds_dir: str | Path, data_dir: str | Path) -> Path:
     raise UserError(f"several fold files for {name}: {[str(p) for p in found]}; choose one with --folds-csv")
 
 
-def parse_fold_arg(text: str, n_folds: int) -> list[int]:
+FOLD_ENV_VARS = ("KIT_FOLD", "SLURM_ARRAY_TASK_ID")
+
+
+def fold_from_env(given: str | None, environ=os.environ) -> tuple[str, str]:
+    """(fold argument, where it came from): --fold, else $KIT_FOLD, else $SLURM_ARRAY_TASK_ID (so
+    `sbatch --array=0-4` trains one fold per task), else fold 0."""
+    if given is not None:
+        return given, "--fold"
+    for name in FOLD_ENV_VARS:
+        if environ.get(name, "").strip():
+            return environ[name].strip(), f"${name}"
+    return "0", "default"
+
+
+def parse_fold_arg(text: str, n_folds: int, source: str = "--fold") -> list[int]:
     """'0', '0,2,4' or 'all' -> fold indices, each checked against the fold file."""
     if text == "all":
         return list(range(n_folds))
     try:
         folds = list(dict.fromkeys(int(part) for part in text.split(",")))  # '0,0' trains fold 0 once
     except ValueError:
-        raise UserError(f"--fold {text!r}: use a number, a comma list like 0,1,2, or 'all'") from None
+        raise UserError(f"{source} {text!r}: use a number, a comma list like 0,1,2, or 'all'") from None
     for k in folds:
         if not 0 <= k < n_folds:
-            raise UserError(f"--fold {k} is out of range: the fold file has folds 0..{n_folds - 1}")
+            raise UserError(f"{source} {k} is out of range: the fold file has folds 0..{n_folds - 1}")
     return folds
 
 

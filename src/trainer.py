@@ -14,6 +14,16 @@ from timm.utils import ModelEmaV3
 from src.augment import build_batch_augment, build_transforms
 from src.config import TrainConfig, config_to_dict
 from src.data import ImageSpec
+from src.distributed import (
+    all_gather_rows,
+    barrier,
+    broadcast_module,
+    broadcast_object,
+    check_batch_size,
+    gather_objects,
+    rank_share,
+    wrap_model,
+)
 from src.engine import (
     ArrayBatches,
     Runtime,
@@ -81,9 +91,17 @@ class FoldTrainer:
 
     def __init__(self, cfg: TrainConfig, fold: int, run_dir: Path, data: FoldData, info: DataInfo, rt: Runtime):
         self.cfg, self.fold, self.run_dir, self.data, self.info, self.rt = cfg, fold, run_dir, data, info, rt
-        seed_everything(derived_seed(cfg.seed, fold))
+        self.dist = rt.dist
+        check_batch_size(cfg.batch_size, self.dist)
+        seed_everything(derived_seed(cfg.seed, fold))  # the same initial weights on every rank
         num_classes = len(info.classes)
-        self.model = build_model(cfg, info.spec.in_chans, num_classes).to(rt.device)
+        self.model = build_model(cfg, info.spec.in_chans, num_classes)
+        if cfg.sync_batchnorm and self.dist.enabled:
+            if rt.device.type != "cuda":
+                raise UserError("--sync-batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
+                                "drop the flag for CPU training")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(rt.device)
         if rt.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
@@ -104,6 +122,10 @@ class FoldTrainer:
         self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
         self.norm = norm_tensors(info.mean, info.std, rt)
         self.check_forward()
+        # What trains: the model itself, or its DistributedDataParallel wrapper (same weights) under torchrun.
+        self.train_model = wrap_model(self.model, self.dist, rt.device)
+        if self.dist.rank:  # each rank its own dropout masks
+            seed_everything(derived_seed(cfg.seed, fold, -1, self.dist.rank))
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
         self.last_plot_time = time.monotonic()
 
@@ -128,14 +150,21 @@ class FoldTrainer:
                 **self.info.to_dict(), "extra_rows": self.data.extra}
 
     def save_last(self) -> None:
+        """Every rank calls this (its RNG state is gathered); rank 0 writes."""
+        rng = gather_objects(rng_state(), self.dist)
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run_dir / "last.pt", {
             **self.header(), "epoch": self.epoch, "step": self.step, "finished": self.finished,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "plateau": self.plateau.state_dict(),
-            "early_stop": self.stopper.state_dict(), "rng": rng_state(), "log": self.log})
+            "early_stop": self.stopper.state_dict(), "rng": rng[0], "log": self.log,
+            **({"world_size": self.dist.world_size, "rng_ranks": rng} if self.dist.enabled else {})})
 
     def save_best(self, score: float) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run_dir / "best.pt", {**self.header(), "epoch": self.epoch - 1,
                                                    "monitor": self.cfg.monitor, "score": score,
                                                    "model": self.eval_model.state_dict()})
@@ -145,7 +174,8 @@ class FoldTrainer:
         path = self.run_dir / "last.pt"
         state = load_checkpoint(path)
         saved, now = state["config"], config_to_dict(self.cfg)
-        diff = [k for k in now if saved.get(k) != now[k]]
+        defaults = config_to_dict(type(self.cfg)())  # a key added to the config since then had its default
+        diff = [k for k in now if saved.get(k, defaults[k]) != now[k]]
         if diff:
             k = diff[0]
             raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; resume with the same "
@@ -155,6 +185,9 @@ class FoldTrainer:
                             f"{self.data.extra}); start a new --exp")
         if state["classes"] != self.info.classes:
             raise UserError(f"{path}: class list differs from the data's; this checkpoint is for other data")
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise UserError(f"{path}: made by {state.get('world_size', 1)} process(es), now {self.dist.world_size}; "
+                            f"resume with the same torchrun --nproc-per-node (total processes)")
         if state["fingerprint"] != self.info.fingerprint:
             changed = [k for k, v in self.info.fingerprint.items() if state["fingerprint"].get(k) != v]
             raise UserError(f"{path}: the data changed since this run started ({', '.join(changed)} differ); "
@@ -166,9 +199,10 @@ class FoldTrainer:
         self.scaler.load_state_dict(state["scaler"])
         self.plateau.load_state_dict(state["plateau"])
         self.stopper.load_state_dict(state["early_stop"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng_ranks"][self.dist.rank] if self.dist.enabled else state["rng"])
         self.epoch, self.step, self.log, self.finished = state["epoch"], state["step"], state["log"], state["finished"]
-        print(f"fold {self.fold}: resuming after epoch {self.epoch - 1} from {path}")
+        if self.dist.is_main:
+            print(f"fold {self.fold}: resuming after epoch {self.epoch - 1} from {path}")
 
     # --- loop --------------------------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -180,26 +214,40 @@ class FoldTrainer:
         loss_name = cfg.loss2 if use_second else cfg.loss
         loss_fn = self.losses[loss_name]
         loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
-                              self.num_workers(), pin_memory=rt.device.type == "cuda")
+                              self.num_workers(), pin_memory=rt.device.type == "cuda", info=self.dist)
         augment = None
         if self.batch_augment is not None:
-            generator = torch.Generator(device=rt.device).manual_seed(derived_seed(cfg.seed, self.fold, self.epoch, 1))
+            seed = derived_seed(cfg.seed, self.fold, self.epoch, 1)
+            seed = derived_seed(seed, self.dist.rank) if self.dist.enabled else seed
+            generator = torch.Generator(device=rt.device).manual_seed(seed)
             augment = functools.partial(self.batch_augment, generator=generator)
         start = time.perf_counter()
-        stats = train_one_epoch(self.model, loader, self.optimizer, loss_fn, self.lr_factor, self.step, self.scaler,
-                                self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema, augment)
+        stats = train_one_epoch(self.train_model, loader, self.optimizer, loss_fn, self.lr_factor, self.step,
+                                self.scaler, self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema,
+                                augment)
+        if self.dist.enabled:  # every rank's mean loss over its equal share of each batch
+            stats["train_loss"] = float(np.mean(gather_objects(stats["train_loss"], self.dist)))
+            stats["images_per_s"] *= self.dist.world_size
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
                                 f"lower --lr or check the data (last good checkpoint: {last})")
-        probs = predict_probs(self.eval_model, self.data.val_images, cfg.batch_size * 2, self.norm, rt)
+        probs = self.predict_val()
         metrics = compute_metrics(self.data.val_labels, probs)
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_name,
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}
         self.step += stats["steps"]
-        return row
+        return broadcast_object(row, self.dist)  # rank 0's numbers drive every rank's decisions
+
+    def predict_val(self) -> np.ndarray:
+        """Validation probabilities in row order; under DDP each rank predicts its share with rank 0's weights."""
+        broadcast_module(self.eval_model, self.dist)
+        rows = rank_share(np.arange(len(self.data.val_labels)), self.dist)
+        probs = predict_probs(self.eval_model, self.data.val_images[rows], self.cfg.batch_size * 2, self.norm,
+                              self.rt)
+        return all_gather_rows(probs, self.dist)
 
     def num_workers(self) -> int:
         if self.cfg.num_workers >= 0:
@@ -217,17 +265,18 @@ class FoldTrainer:
                     self.plateau.update(score)
                 self.log.append(row)
                 self.epoch += 1
-                self.finished = self.epoch >= self.cfg.epochs or self.stopper.should_stop
+                self.finished = broadcast_object(self.epoch >= self.cfg.epochs or self.stopper.should_stop, self.dist)
                 if improved:
                     self.save_best(score)
                 self.save_last()
-                print(self.epoch_line(row, improved), flush=True)
-                self.write_progress(final=False)
-            if self.stopper.should_stop and self.epoch < self.cfg.epochs:
+                if self.dist.is_main:
+                    print(self.epoch_line(row, improved), flush=True)
+                    self.write_progress(final=False)
+            if self.stopper.should_stop and self.epoch < self.cfg.epochs and self.dist.is_main:
                 print(f"fold {self.fold}: early stop after epoch {self.epoch - 1} "
                       f"(best {self.cfg.monitor} {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
         finally:
-            if self.log:
+            if self.log and self.dist.is_main:
                 self.write_progress(final=True)
 
     def write_progress(self, final: bool) -> None:
@@ -247,8 +296,10 @@ class FoldTrainer:
 
     def write_oof(self) -> dict:
         """Predict the validation rows with best.pt's weights; returns the fold's metrics."""
+        barrier(self.dist)  # rank 0 has written best.pt
         best = load_checkpoint(self.run_dir / "best.pt")
         self.eval_model.load_state_dict(best["model"])
-        probs = predict_probs(self.eval_model, self.data.val_images, self.cfg.batch_size * 2, self.norm, self.rt)
-        write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
+        probs = self.predict_val()
+        if self.dist.is_main:
+            write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
         return {"fold": self.fold, "best_epoch": best["epoch"], **compute_metrics(self.data.val_labels, probs)}

@@ -20,13 +20,13 @@ def binary_task(n=64, size_px=24, seed=0):
     return images, labels
 
 
-def make_trainer(tmp_path, **overrides):
+def make_trainer(tmp_path, rt=None, **overrides):
     images, labels = binary_task()
     cfg = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr_warmup_epochs": 0.5, **overrides})
     data = FoldData(images[:48], labels[:48], images[48:], labels[48:], [f"v{i}" for i in range(16)],
                     [f"t{i}" for i in range(48)], {})
     info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3], {"data": "tiny"})
-    return FoldTrainer(cfg, 0, tmp_path, data, info, setup_runtime(cfg))
+    return FoldTrainer(cfg, 0, tmp_path, data, info, rt or setup_runtime(cfg))
 
 
 def test_binary_gray_task_learns_and_reports_eer(tmp_path):
