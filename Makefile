@@ -17,7 +17,7 @@ venv: $(STAMP)
 demo: venv
 	$(PY) prepare_demo.py
 	$(PY) make_folds.py --data-dir data/mnist5k
-	$(PY) train.py --exp demo --fold all --resume
+	$(PY) train.py --config configs/demo.yaml --exp demo --fold all --resume
 	$(PY) infer.py --exp demo
 
 test: venv

@@ -92,6 +92,7 @@ HELP = {
     "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
     "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
     "threads": "torch CPU threads; 0 = all cores (shared by the processes torchrun starts on one machine)",
+    "tensorboard": "write TensorBoard event files to <run>/tb (when the tensorboard package is installed)",
     "sync_batchnorm": "under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm)",
     "synthetic": "gen_synthetic.py sample folder (synthetic/<exp>, or one fold's folder); its rows join the "
                  "fold's training split only, and a folder made for another fold is refused",
@@ -166,6 +167,7 @@ class TrainConfig(DataFields):
     num_workers: int = -1
     threads: int = 0
     sync_batchnorm: bool = False
+    tensorboard: bool = True
     synthetic: str = ""
     synthetic_ratio: float = 0.25
     synthetic_per_class: int = 0
@@ -286,3 +288,14 @@ def config_from_args(args: argparse.Namespace, cls: type = TrainConfig):
 
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+LOGGING_ONLY = ("tensorboard",)  # keys that change what is logged, not what is learned
+
+
+def config_differences(a: dict, b: dict, cls: type = TrainConfig) -> list[str]:
+    """Keys where two saved configs would train differently. A key one of them lacks (written by older or
+    newer code) counts at its default, so adding a config key does not orphan existing runs."""
+    defaults = dataclasses.asdict(cls())
+    return [k for k in dict.fromkeys([*a, *b])
+            if k not in LOGGING_ONLY and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))]

@@ -23,6 +23,7 @@ from src.data import (
     read_train_table,
     to_array,
 )
+from src.diagnostics import write_diagnostics
 from src.distributed import barrier, shutdown
 from src.engine import setup_runtime
 from src.errors import UserError
@@ -30,7 +31,7 @@ from src.folds import check_class_counts, default_folds_path, parse_fold_arg, re
 from src.metrics import metric_names
 from src.pseudo import load_pseudo_rows, read_pseudo_dir, resolve_pseudo_dir
 from src.repro import git_commit, package_versions
-from src.runs import exp_dir, fold_dir, markdown_table, summarize_oof, write_json
+from src.runs import counted_oof, exp_dir, fold_dir, markdown_table, prob_columns, summarize_oof, write_json
 from src.synthetic import load_synthetic_rows, read_sample_dir, resolve_sample_dir
 from src.trainer import DataInfo, FoldData, FoldTrainer
 
@@ -138,17 +139,19 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     rt = setup_runtime(cfg, distributed=True)
     try:
         if rt.dist.is_main:
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet=True)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source)
     finally:
         shutdown()
 
 
 def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
-                 actions: dict, rt, quiet: bool) -> list[dict]:
+                 actions: dict, rt, quiet: bool, fold_source: str) -> list[dict]:
     n_folds = int(fold_of.max()) + 1
     processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
+    if fold_source not in ("--fold", "default"):
+        print(f"fold {','.join(map(str, folds))} from {fold_source}")
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}{processes}")
     decoded = decode_all(table.paths, quiet=quiet)
@@ -177,7 +180,20 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
         trainer.fit(quiet)
         results.append(trainer.write_oof())
     if rt.dist.is_main:
-        summary = summarize_oof(exp_dir(cfg.runs_dir, cfg.exp), table.classes, config_to_dict(cfg),
-                                info["fingerprint"])
-        print(f"\nOOF summary ({exp_dir(cfg.runs_dir, cfg.exp)}/oof_summary.md):\n{markdown_table(summary)}")
+        report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, config_to_dict(cfg), info["fingerprint"])
     return results
+
+
+def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: dict, fingerprint: dict) -> None:
+    """oof_summary (printed), the confusion matrix, per-class metrics and the most confidently wrong OOF images,
+    over every fold of this experiment trained with this config."""
+    folds = counted_oof(exp, table.classes, config, fingerprint)
+    summary = summarize_oof(exp, table.classes, folds)
+    oof = pd.concat([frame for _, frame in folds], ignore_index=True)
+    row_of = {image_id: i for i, image_id in enumerate(table.ids)}
+    index = {c: i for i, c in enumerate(table.classes)}
+    write_diagnostics(exp, list(oof["id"]), oof["label"].map(index).to_numpy(),
+                      oof[prob_columns(table.classes)].to_numpy(), table.classes,
+                      images[[row_of[i] for i in oof["id"]]])
+    print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
+          f"{markdown_table(summary)}")

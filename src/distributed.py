@@ -71,11 +71,19 @@ def barrier(info: Dist) -> None:
         dist.barrier()
 
 
-def check_batch_size(batch_size: int, info: Dist) -> None:
-    """--batch-size is the global batch (so the LR schedule matches one process); it must split evenly."""
-    if info.enabled and batch_size % info.world_size:
+def check_shares(n_train: int, n_val: int, batch_size: int, info: Dist, where: str) -> None:
+    """--batch-size is the global batch (so the LR schedule matches one process): it must split evenly, and
+    every step must be a full batch (a lone ragged batch would split unevenly and weight ranks wrongly)."""
+    if not info.enabled:
+        return
+    if batch_size % info.world_size:
         raise UserError(f"--batch-size {batch_size} does not split over {info.world_size} processes; "
                         f"use a multiple of {info.world_size}")
+    if n_train <= batch_size:
+        raise UserError(f"{where}: {n_train} training rows fit in one batch of {batch_size}; DDP needs full "
+                        f"batches: lower --batch-size or train with one process")
+    if n_val < info.world_size:
+        raise UserError(f"{where}: {n_val} validation rows for {info.world_size} processes; use fewer processes")
 
 
 def rank_share(rows, info: Dist):

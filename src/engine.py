@@ -1,6 +1,7 @@
 """Training and prediction primitives: device set-up, batches from the uint8 cache, one epoch, predict."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -71,10 +72,12 @@ class ArrayBatches(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed)
 
 
-def _seed_worker(_worker_id: int) -> None:
-    # Each worker's torch seed comes from the loader's seeded generator; derive the augmentation seed from it.
+def _seed_worker(_worker_id: int, rank: int = 0) -> None:
+    # Each worker's torch seed comes from the loader's seeded generator; derive the augmentation seed from it
+    # (and from the DDP rank, so ranks augment differently).
     info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(torch.initial_seed() % 2**31)
+    seed = torch.initial_seed() % 2**31
+    info.dataset.reseed(derived_seed(seed, rank) if rank else seed)
 
 
 def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
@@ -84,15 +87,14 @@ def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers:
     generator = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
                                             batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
-    loader_generator = generator
     if info.enabled:
         sampler = ShardedBatches(sampler, info)
-        seed = derived_seed(seed, info.rank)
-        loader_generator = torch.Generator().manual_seed(seed)
-    dataset.reseed(seed)
+    # The loader draws its worker base seed from `generator` before the sampler shuffles, on every rank alike,
+    # so the permutation is the single-process one; augmentation seeds then differ per rank.
+    dataset.reseed(derived_seed(seed, info.rank) if info.enabled else seed)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                                       pin_memory=pin_memory, worker_init_fn=_seed_worker,
-                                       generator=loader_generator)
+                                       pin_memory=pin_memory, generator=generator,
+                                       worker_init_fn=functools.partial(_seed_worker, rank=info.rank))
 
 
 def drops_last_batch(num_images: int, batch_size: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from src.errors import UserError
 from src.folds import read_folds
 from src.metrics import accuracy, eer_point, logloss
 from src.predict import Predictor, parse_threshold
-from src.runs import markdown_table, prob_columns
+from src.runs import markdown_table, prob_columns, write_json
 from src.submission import build_submission, read_sample, read_solution, score_frame
 from src.tta import greedy_views
 
@@ -200,6 +201,11 @@ def make_submission(opt: InferOptions) -> dict:
         report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
         result = table.iloc[-1].to_dict()
     write_outputs(Path(opt.out_dir), opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
+    if result:  # for the run table (runs.py)
+        write_json(Path(opt.out_dir) / f"{opt.name}_lb.json", {
+            "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
+            "metric": result["metric"], "public": result.get("public"), "private": result.get("private"),
+            "written": datetime.now().isoformat(timespec="seconds")})
     return result
 
 

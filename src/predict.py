@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from src.config import TrainConfig, config_from_dict
+from src.config import TrainConfig, config_differences, config_from_dict
 from src.data import ImageSpec, decode_all, to_array
 from src.engine import Runtime, norm_tensors, predict_probs, setup_runtime
 from src.errors import UserError
@@ -100,8 +100,8 @@ class Predictor:
         spec = ImageSpec(**first["image_spec"])
         folds = []
         for k, state in zip(fold_ids, states):
-            same = ("config", "classes", "image_spec", "fingerprint")
-            if any(state[key] != first[key] for key in same):
+            same = ("classes", "image_spec", "fingerprint")
+            if any(state[key] != first[key] for key in same) or config_differences(state["config"], first["config"]):
                 raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold "
                                 f"{fold_ids[0]}'s; "
                                 f"retrain the experiment's folds with one config")

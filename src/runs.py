@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from src.atomic import atomic_path, save_figure, write_csv, write_text  # noqa: E402
+from src.config import config_differences  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.metrics import compute_metrics  # noqa: E402
 
@@ -139,22 +140,31 @@ def read_oof(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray, pd
     return frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy(), frame
 
 
-def summarize_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> pd.DataFrame:
-    """Per-fold and overall OOF metrics (plus mean ± std over folds); saved as CSV and Markdown.
-
-    Only folds trained with this config on this data count; others (an older run) are named and skipped."""
-    rows, all_y, all_p = [], [], []
+def counted_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> list[tuple[str, pd.DataFrame]]:
+    """(fold, oof.csv frame) for the folds trained with this config on this data; others (an older run) are
+    named and skipped."""
+    out = []
     for path in sorted(exp.glob("fold*/oof.csv"), key=lambda p: int(p.parent.name[4:])):
         record = json.loads((path.parent / "config.json").read_text())
-        if record.get("config") != config or record.get("fingerprint") != fingerprint:
+        if config_differences(record.get("config", {}), config) or record.get("fingerprint") != fingerprint:
             print(f"OOF summary: skipping {path.parent.name} (trained with another config or data)")
             continue
-        y, probs, _ = read_oof(path, classes)
-        rows.append({"fold": path.parent.name[4:], "n": len(y), **compute_metrics(y, probs)})
+        out.append((path.parent.name[4:], read_oof(path, classes)[2]))
+    if not out:
+        raise UserError(f"{exp}: no fold*/oof.csv yet; train a fold first")
+    return out
+
+
+def summarize_oof(exp: Path, classes: list[str], folds: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Per-fold and overall OOF metrics (plus mean ± std over folds) of `counted_oof`'s folds; saved as CSV
+    and Markdown."""
+    rows, all_y, all_p = [], [], []
+    index = {c: i for i, c in enumerate(classes)}
+    for fold, frame in folds:
+        y, probs = frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy()
+        rows.append({"fold": fold, "n": len(y), **compute_metrics(y, probs)})
         all_y.append(y)
         all_p.append(probs)
-    if not rows:
-        raise UserError(f"{exp}: no fold*/oof.csv yet; train a fold first")
     table = pd.DataFrame(rows)
     metric_cols = [c for c in table.columns if c not in ("fold", "n")]
     y, probs = np.concatenate(all_y), np.concatenate(all_p)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from src.atomic import check_writable, write_csv, write_text
-from src.config import TrainConfig, config_from_dict, config_to_dict, load_config_file
+from src.config import TrainConfig, config_differences, config_from_dict, config_to_dict, load_config_file
 from src.cv import REPO, load_split, raise_interrupt, run_dir_action, train_folds, write_run_record
 from src.data import ImageSpec, data_fingerprint, decode_all, file_sha256, infer_spec, to_array
 from src.engine import norm_tensors, predict_probs, setup_runtime
@@ -172,7 +172,8 @@ def real_classifier(cfg: GenConfig, fold: int, quiet: bool) -> Path:
     train_cfg = dataclasses.replace(cas_train_config(cfg, fold), exp="real")
     run_dir = fold_dir(train_cfg.runs_dir, "real", fold)
     record = run_dir / "config.json"
-    changed = record.is_file() and json.loads(record.read_text()).get("config") != config_to_dict(train_cfg)
+    changed = record.is_file() and bool(config_differences(json.loads(record.read_text()).get("config", {}),
+                                                              config_to_dict(train_cfg)))
     # Reused while its config holds (it is the slowest of the CAS classifiers); replaced when cas_config changed.
     train_folds(train_cfg, str(fold), resume=not changed, overwrite=changed, quiet=quiet)
     return run_dir

@@ -7,19 +7,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
 from src.augment import build_batch_augment, build_transforms
-from src.config import TrainConfig, config_to_dict
+from src.config import TrainConfig, config_differences, config_to_dict
 from src.data import ImageSpec
+from src.diagnostics import confusion_figure
 from src.distributed import (
     all_gather_rows,
     barrier,
     broadcast_module,
     broadcast_object,
-    check_batch_size,
+    check_shares,
     gather_objects,
     rank_share,
     wrap_model,
@@ -49,8 +51,10 @@ from src.runs import (
     write_oof,
 )
 from src.schedule import EarlyStopping, PlateauScale, build_schedule, lr_factor_at
+from src.tboard import EpochBoard
 
 PLOT_EVERY_S = 30
+SAMPLE_BATCH = 32
 
 
 class NonFiniteLoss(UserError):
@@ -92,7 +96,7 @@ class FoldTrainer:
     def __init__(self, cfg: TrainConfig, fold: int, run_dir: Path, data: FoldData, info: DataInfo, rt: Runtime):
         self.cfg, self.fold, self.run_dir, self.data, self.info, self.rt = cfg, fold, run_dir, data, info, rt
         self.dist = rt.dist
-        check_batch_size(cfg.batch_size, self.dist)
+        check_shares(len(data.train_labels), len(data.val_labels), cfg.batch_size, self.dist, f"fold {fold}")
         seed_everything(derived_seed(cfg.seed, fold))  # the same initial weights on every rank
         num_classes = len(info.classes)
         self.model = build_model(cfg, info.spec.in_chans, num_classes)
@@ -174,11 +178,10 @@ class FoldTrainer:
         path = self.run_dir / "last.pt"
         state = load_checkpoint(path)
         saved, now = state["config"], config_to_dict(self.cfg)
-        defaults = config_to_dict(type(self.cfg)())  # a key added to the config since then had its default
-        diff = [k for k in now if saved.get(k, defaults[k]) != now[k]]
+        diff = config_differences(saved, now)
         if diff:
             k = diff[0]
-            raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; resume with the same "
+            raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now.get(k)!r}; resume with the same "
                             f"config, or start a new --exp")
         if state.get("extra_rows", {}) != self.data.extra:
             raise UserError(f"{path}: the added training rows changed since this run started (now "
@@ -243,10 +246,11 @@ class FoldTrainer:
 
     def predict_val(self) -> np.ndarray:
         """Validation probabilities in row order; under DDP each rank predicts its share with rank 0's weights."""
-        broadcast_module(self.eval_model, self.dist)
-        rows = rank_share(np.arange(len(self.data.val_labels)), self.dist)
-        probs = predict_probs(self.eval_model, self.data.val_images[rows], self.cfg.batch_size * 2, self.norm,
-                              self.rt)
+        images = self.data.val_images
+        if self.dist.enabled:
+            broadcast_module(self.eval_model, self.dist)
+            images = images[rank_share(np.arange(len(images)), self.dist)]
+        probs = predict_probs(self.eval_model, images, self.cfg.batch_size * 2, self.norm, self.rt)
         return all_gather_rows(probs, self.dist)
 
     def num_workers(self) -> int:
@@ -254,8 +258,22 @@ class FoldTrainer:
             return self.cfg.num_workers
         return 4 if self.rt.device.type == "cuda" else 0
 
+    def sample_batch(self) -> np.ndarray:
+        """The first training images as the model sees them (augmented), uint8 NHWC, for a quick visual check.
+        Uses its own augmentation seed; every epoch re-seeds the real pipeline, so training is unchanged."""
+        rows = list(range(min(SAMPLE_BATCH, len(self.dataset))))
+        images, _ = self.dataset[rows]
+        if self.batch_augment is None:
+            return images.numpy()
+        generator = torch.Generator(device=self.rt.device).manual_seed(derived_seed(self.cfg.seed, self.fold, -2))
+        x = self.batch_augment(images.to(self.rt.device).permute(0, 3, 1, 2).float(), generator=generator)
+        return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
     def fit(self, quiet: bool) -> None:
         """Train until the last epoch or early stop; checkpoints after every epoch."""
+        board = EpochBoard(self.run_dir, self.cfg.tensorboard and self.dist.is_main)
+        if self.epoch == 0:
+            board.image_grid("train/sample_batch", self.sample_batch(), 0)
         try:
             while not self.finished:
                 row = self.run_epoch(quiet)
@@ -272,10 +290,12 @@ class FoldTrainer:
                 if self.dist.is_main:
                     print(self.epoch_line(row, improved), flush=True)
                     self.write_progress(final=False)
+                    board.scalars(row, row["epoch"])
             if self.stopper.should_stop and self.epoch < self.cfg.epochs and self.dist.is_main:
                 print(f"fold {self.fold}: early stop after epoch {self.epoch - 1} "
                       f"(best {self.cfg.monitor} {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
         finally:
+            board.close()
             if self.log and self.dist.is_main:
                 self.write_progress(final=True)
 
@@ -302,4 +322,11 @@ class FoldTrainer:
         probs = self.predict_val()
         if self.dist.is_main:
             write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
+            board = EpochBoard(self.run_dir, self.cfg.tensorboard)
+            if board.writer is not None:
+                fig = confusion_figure(self.data.val_labels, probs.argmax(1), self.info.classes,
+                                       f"fold {self.fold} OOF (best.pt, epoch {best['epoch']})")
+                board.figure("val/confusion_matrix_best", fig, best["epoch"])
+                plt.close(fig)
+            board.close()
         return {"fold": self.fold, "best_epoch": best["epoch"], **compute_metrics(self.data.val_labels, probs)}

@@ -2,7 +2,7 @@ import argparse
 import json
 
 import pytest
-from conftest import run_script
+from conftest import REPO, run_script
 
 from src.config import TrainConfig, add_config_flags, config_from_args, config_from_dict
 from src.errors import UserError
@@ -71,3 +71,25 @@ def test_print_config_shows_the_resolved_config():
     proc = run_script("train.py", "--print-config", "--epochs", "4")
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["epochs"] == 4
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
+def test_every_shipped_experiment_config_loads_strictly(path):
+    cfg = parse(["--config", str(path)])
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_demo_config_is_the_defaults_spelled_out():
+    assert parse(["--config", str(REPO / "configs" / "demo.yaml")]) == parse([])
+
+
+def test_config_differences_fill_missing_keys_with_defaults_and_ignore_logging():
+    from dataclasses import asdict
+
+    from src.config import config_differences
+    now = asdict(TrainConfig())
+    older = {k: v for k, v in now.items() if k not in ("sync_batchnorm", "tensorboard")}  # written before they existed
+    assert config_differences(older, now) == []
+    assert config_differences({**now, "tensorboard": False}, now) == []  # logging only
+    assert config_differences({**older, "lr": 0.5}, now) == ["lr"]
+    assert config_differences({**now, "sync_batchnorm": True}, older) == ["sync_batchnorm"]

@@ -11,6 +11,8 @@ import torch
 from conftest import REPO, TINY, train
 from test_scripts import kill_after_epoch, metrics
 
+from src.metrics import compute_metrics
+
 pytestmark = pytest.mark.slow
 
 
@@ -30,10 +32,21 @@ def test_two_processes_write_every_validation_row_once_and_match_one_process(dem
     proc = torchrun(demo, runs, "ddp", env={"SLURM_ARRAY_TASK_ID": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 processes" in proc.stdout and proc.stdout.count("OOF summary") == 1  # rank 0 alone prints
-    assert not (runs / "ddp" / "fold0").exists()  # the fold came from the Slurm array variable
+    assert "fold 1 from $SLURM_ARRAY_TASK_ID" in proc.stdout and not (runs / "ddp" / "fold0").exists()
     oof = pd.read_csv(runs / "ddp" / "fold1" / "oof.csv", dtype={"id": str})
     folds = pd.read_csv(demo["folds"], dtype={"image": str})
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 1, "image"])  # each once, none missing
+    # The gathered probabilities sit on their own ids: scored from oof.csv they give exactly the metrics
+    # logged for the best epoch (same weights, same rows).
+    classes = [str(i) for i in range(10)]
+    y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    scores = compute_metrics(y, oof[[f"prob_{c}" for c in classes]].to_numpy())
+    truth = folds.set_index("image").loc[oof["id"], "label"].astype(str).to_numpy()
+    assert (oof["label"].astype(str).to_numpy() == truth).all()
+    best = torch.load(runs / "ddp" / "fold1" / "best.pt", weights_only=True)["epoch"]
+    logged = metrics(runs / "ddp" / "fold1").iloc[best]
+    assert scores["accuracy"] == logged["val_accuracy"]
+    assert scores["log_loss"] == pytest.approx(logged["val_log_loss"], abs=1e-6)
     assert train(demo, "single", "--fold", "1", runs=runs).returncode == 0
     ddp, single = metrics(runs / "ddp" / "fold1"), metrics(runs / "single" / "fold1")
     assert np.array_equal(ddp["lr"], single["lr"])  # same global batches, so the same schedule

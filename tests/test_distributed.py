@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_trainer import make_trainer
 
-from src.distributed import Dist, ShardedBatches, check_batch_size, dist_from_env, rank_share
+from src.distributed import Dist, ShardedBatches, check_shares, dist_from_env, rank_share
 from src.engine import Runtime
 from src.errors import UserError
 from src.folds import fold_from_env
@@ -41,11 +41,16 @@ def test_layout_from_torchrun_environment():
     assert not dist_from_env({}).enabled and dist_from_env({}).is_main
 
 
-def test_global_batch_must_split_evenly():
-    check_batch_size(64, Dist(0, 2, 0, 2))
-    check_batch_size(63, Dist())
+def test_ddp_needs_an_even_global_batch_full_batches_and_a_validation_row_per_rank():
+    two = Dist(0, 2, 0, 2)
+    check_shares(100, 10, 64, two, "fold 0")
+    check_shares(10, 1, 63, Dist(), "fold 0")  # one process: anything goes
     with pytest.raises(UserError, match="--batch-size 63 does not split over 2 processes"):
-        check_batch_size(63, Dist(0, 2, 0, 2))
+        check_shares(100, 10, 63, two, "fold 0")
+    with pytest.raises(UserError, match="fold 0: 64 training rows fit in one batch of 64"):
+        check_shares(64, 10, 64, two, "fold 0")
+    with pytest.raises(UserError, match="1 validation rows for 2 processes"):
+        check_shares(100, 1, 64, two, "fold 0")
 
 
 def test_fold_comes_from_flag_then_kit_then_slurm():
@@ -74,3 +79,17 @@ def test_slurm_line_runner_runs_the_array_tasks_line(tmp_path):
     env["SLURM_ARRAY_TASK_ID"] = "3"
     proc = subprocess.run(["bash", str(script), str(jobs)], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "no line 3" in proc.stderr
+
+
+def test_train_loader_ranks_together_see_exactly_the_single_process_batches():
+    from src.engine import ArrayBatches, train_loader
+    images, labels = np.zeros((50, 4, 4, 1), np.uint8), np.arange(50)  # label = row number
+
+    def batches(info):
+        loader = train_loader(ArrayBatches(images, labels), 8, seed=5, num_workers=0, pin_memory=False, info=info)
+        return [set(y.tolist()) for _, y in loader]
+    single = batches(Dist())
+    ranks = [batches(Dist(r, 2, r, 2)) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 6
+    for whole, a, b in zip(single, *ranks):
+        assert len(a) == len(b) == 4 and a | b == whole

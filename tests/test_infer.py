@@ -40,6 +40,11 @@ def test_infer_writes_a_submission_matching_the_sample_and_scores_it(demo, train
         assert text in report, text
     scored = run_script("score.py", str(tmp_path / "tiny.csv"), "--solution", str(demo["data"] / "solution.csv"))
     assert scored.returncode == 0 and "accuracy public" in scored.stdout and "private" in scored.stdout
+    lb = json.loads((tmp_path / "tiny_lb.json").read_text())
+    assert lb["experiments"] == ["tiny"] and 0 <= lb["private"] <= 1 and lb["metric"] == "accuracy"
+    table = run_script("runs.py", "--runs-dir", str(trained), "--submissions-dir", str(tmp_path), "--out",
+                       str(tmp_path / "table"))
+    assert table.returncode == 0 and "5/5" in table.stdout and f"{lb['private']:.4f}" in table.stdout
 
 
 def test_greedy_tta_and_proba_submission(demo, trained, tmp_path):

@@ -53,6 +53,23 @@ def test_train_writes_a_complete_run_directory(demo):
     assert list(summary["fold"].astype(str)[:2]) == ["0", "1"] and "accuracy" in summary
     assert (exp / "oof_summary.md").read_text().startswith("# OOF summary")
     assert "OOF summary" in proc.stdout
+    for name in ("confusion.png", "per_class.md", "per_class.csv", "wrong.png", "wrong.csv"):
+        assert (exp / name).is_file(), name
+    assert len(pd.read_csv(exp / "per_class.csv")) == 10
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"train/train_loss", "val/accuracy", "lr"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("val/accuracy")) == 2
+    assert {"train/sample_batch", "val/confusion_matrix_best"} <= set(events.Tags()["images"])
+
+
+def test_no_tensorboard_flag_writes_no_event_files_and_changes_nothing_learned(demo):
+    runs = demo["root"] / "tb_off"
+    for exp, flag in (("on", "--tensorboard"), ("off", "--no-tensorboard")):
+        assert train(demo, exp, "--fold", "0", flag, runs=runs).returncode == 0
+    assert (runs / "on" / "fold0" / "tb").is_dir() and not (runs / "off" / "fold0" / "tb").exists()
+    pd.testing.assert_frame_equal(metrics(runs / "on" / "fold0"), metrics(runs / "off" / "fold0"))
 
 
 def test_same_seed_gives_identical_metrics(demo):

@@ -93,7 +93,7 @@ def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path)
 
 
 def test_oof_summary_skips_folds_from_another_config(tmp_path):
-    from src.runs import summarize_oof, write_json
+    from src.runs import counted_oof, summarize_oof, write_json
     classes = ["neg", "pos"]
     for k, lr in ((0, 0.1), (1, 0.1), (2, 0.5)):
         run = tmp_path / f"fold{k}"
@@ -101,7 +101,7 @@ def test_oof_summary_skips_folds_from_another_config(tmp_path):
         write_json(run / "config.json", {"config": {"lr": lr}, "fingerprint": {"d": 1}})
         probs = np.array([[0.9, 0.1], [0.2, 0.8]])
         write_oof(run, [f"a{k}", f"b{k}"], np.array([0, 1]), probs, classes, k)
-    table = summarize_oof(tmp_path, classes, {"lr": 0.1}, {"d": 1})
+    table = summarize_oof(tmp_path, classes, counted_oof(tmp_path, classes, {"lr": 0.1}, {"d": 1}))
     assert list(table["fold"][:2]) == ["0", "1"] and table["n"].iloc[-1] == 4
 
 
