@@ -3,6 +3,7 @@ when its nearest labelled neighbours agree (and the classifier agrees with them)
 queue ranked by uncertainty, with known-label control items mixed in to check the reviewers."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,9 +174,11 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     query, probs = embed(model.model, query_images, batch, model.norm, p.rt)
     k = len(p.classes)
     # How good the rule is, measured where the truth is known: each labelled row against the others.
-    ref_votes = knn_votes(ref, table.labels, ref, rule.k, k, exclude_self=True)
+    # With few labels per class a row has fewer than k same-class others, so the check uses at most that many.
+    check_k = max(1, min(rule.k, int(np.bincount(table.labels).min()) - 1))
+    ref_votes = knn_votes(ref, table.labels, ref, check_k, k, exclude_self=True)
     ref_probs = embed(model.model, ref_images, batch, model.norm, p.rt)[1]
-    ref_ok, ref_label = auto_label(ref_votes, ref_probs, rule)
+    ref_ok, ref_label = auto_label(ref_votes, ref_probs, dataclasses.replace(rule, k=check_k))
     votes = knn_votes(ref, table.labels, query, rule.k, k)
     accepted, label = auto_label(votes, probs, rule)
     ids = [str(f.relative_to(images_dir)) for f in files]
@@ -198,7 +201,7 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
                                     "train_csv": cfg.train_csv, "image_dir": cfg.image_dir, "id_col": cfg.id_col,
                                     "label_col": cfg.label_col, "classes": p.classes, "images_dir": str(images_dir),
                                     "rule": vars(rule), "rank_by": rank_by})
-    check = {"labelled rows": len(train_ids), "auto-labelled (leave-one-out)": int(ref_ok.sum()),
+    check = {"labelled rows": len(train_ids), f"auto-labelled (leave-one-out, k={check_k})": int(ref_ok.sum()),
              "their accuracy": float((ref_label[ref_ok] == table.labels[ref_ok]).mean()) if ref_ok.any() else np.nan}
     write_csv(out / "knn_check.csv", pd.DataFrame([check]))
     embedding_map(out / "embedding_map.png", np.concatenate([ref, query]),

@@ -21,7 +21,7 @@ def test_every_script_flag_is_documented():
     keyed = {"train.py": TrainConfig, "gen_synthetic.py": GenConfig}
     for script in ("train.py", "gen_synthetic.py", "pseudo_label.py", "make_folds.py", "prepare_demo.py", "infer.py",
                    "score.py", "ablate.py", "runs.py", "eda.py", "label_errors.py", "auto_label.py",
-                   "import_reviews.py"):
+                   "import_reviews.py", "active_learning.py"):
         help_text = run_script(script, "--help").stdout
         flags = set(re.findall(r"--[a-z][a-z0-9-]+", help_text)) - {"--help"}
         if script in keyed:  # config keys are documented in the key tables, by their key name
