@@ -45,9 +45,15 @@ def paired_ci(diffs: np.ndarray, method: str = "t", level: float = 0.95, n_boot:
     return PairedResult(n, mean, float(low), float(high), method)
 
 
+MIN_PAIRS = 3
+
+
 def verdict(result: PairedResult, higher_is_better: bool = True) -> str:
     """'helps' when the whole interval lies on the better side of 0, 'hurts' on the worse side, else
-    'no evidence'."""
+    'no evidence'; fewer than MIN_PAIRS pairs are 'too few pairs' (with two, equal differences give a
+    zero-width interval, e.g. both folds one image worse, which is no evidence of anything)."""
+    if result.n_pairs < MIN_PAIRS:
+        return "too few pairs"
     low, high = (result.low, result.high) if higher_is_better else (-result.high, -result.low)
     if low > 0:
         return "helps"

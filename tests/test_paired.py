@@ -36,6 +36,11 @@ def test_lower_is_better_flips_the_verdict():
 
 def test_one_pair_gives_no_interval_and_no_verdict():
     result = paired_ci(np.array([5.0]))
-    assert result.low == -np.inf and result.high == np.inf and verdict(result) == "no evidence"
+    assert result.low == -np.inf and result.high == np.inf and verdict(result) == "too few pairs"
+
+
+def test_two_equal_differences_are_too_few_pairs_not_a_verdict():
+    result = paired_ci(np.array([-0.00125, -0.00125]))
+    assert result.low == result.high == -0.00125 and verdict(result) == "too few pairs"
     with pytest.raises(ValueError):
         paired_ci(np.array([1.0, 2.0]), "jackknife")
