@@ -31,7 +31,7 @@ from src.folds import check_class_counts, default_folds_path, parse_fold_arg, re
 from src.metrics import metric_names
 from src.pseudo import load_pseudo_rows, read_pseudo_dir, resolve_pseudo_dir
 from src.repro import git_commit, package_versions
-from src.runs import counted_oof, exp_dir, fold_dir, markdown_table, prob_columns, summarize_oof, write_json
+from src.runs import counted_oof, exp_dir, fold_dir, markdown_table, oof_arrays, summarize_oof, write_json
 from src.synthetic import load_synthetic_rows, read_sample_dir, resolve_sample_dir
 from src.trainer import DataInfo, FoldData, FoldTrainer
 
@@ -191,9 +191,7 @@ def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: 
     summary = summarize_oof(exp, table.classes, folds)
     oof = pd.concat([frame for _, frame in folds], ignore_index=True)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
-    index = {c: i for i, c in enumerate(table.classes)}
-    write_diagnostics(exp, list(oof["id"]), oof["label"].map(index).to_numpy(),
-                      oof[prob_columns(table.classes)].to_numpy(), table.classes,
+    write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,
                       images[[row_of[i] for i in oof["id"]]])
     print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
           f"{markdown_table(summary)}")

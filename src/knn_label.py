@@ -170,14 +170,13 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
         raise UserError(f"{images_dir}: no images to label ({', '.join(IMAGE_EXTS)}); pass --images-dir")
     ref_images, query_images = p.prepare(decode_all(table.paths, quiet)), p.prepare(decode_all(files, quiet))
     batch = cfg.batch_size * 4
-    ref, _ = embed(model.model, ref_images, batch, model.norm, p.rt)
+    ref, ref_probs = embed(model.model, ref_images, batch, model.norm, p.rt)
     query, probs = embed(model.model, query_images, batch, model.norm, p.rt)
     k = len(p.classes)
     # How good the rule is, measured where the truth is known: each labelled row against the others.
     # With few labels per class a row has fewer than k same-class others, so the check uses at most that many.
     check_k = max(1, min(rule.k, int(np.bincount(table.labels).min()) - 1))
     ref_votes = knn_votes(ref, table.labels, ref, check_k, k, exclude_self=True)
-    ref_probs = embed(model.model, ref_images, batch, model.norm, p.rt)[1]
     ref_ok, ref_label = auto_label(ref_votes, ref_probs, dataclasses.replace(rule, k=check_k))
     votes = knn_votes(ref, table.labels, query, rule.k, k)
     accepted, label = auto_label(votes, probs, rule)

@@ -12,7 +12,7 @@ from src.atomic import write_csv, write_text
 from src.data import LabelTable, decode_image, read_csv_checked
 from src.diagnostics import contact_sheet
 from src.errors import UserError
-from src.runs import markdown_table, prob_columns, read_oof
+from src.runs import markdown_table, oof_arrays, read_oof
 
 
 def experiment_oof(exp: Path) -> tuple[pd.DataFrame, list[str], dict]:
@@ -53,9 +53,7 @@ def rank_label_issues(given: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
 
 def label_issue_table(oof: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
     """The ranked CSV table (rank, id, given_label, suggested_label, score, ...) and the thresholds."""
-    index = {c: i for i, c in enumerate(classes)}
-    given = oof["label"].map(index).to_numpy()
-    probs = oof[prob_columns(classes)].to_numpy()
+    given, probs = oof_arrays(oof, classes)
     ranked = rank_label_issues(given, probs)
     rows = ranked["row"].to_numpy()
     table = pd.DataFrame({"rank": np.arange(1, len(ranked) + 1), "id": oof["id"].to_numpy()[rows],

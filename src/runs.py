@@ -133,11 +133,16 @@ def write_oof(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarr
     write_csv(run_dir / "oof.csv", frame)
 
 
+def oof_arrays(frame: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(true class indices, probabilities) of an oof.csv frame (or several concatenated)."""
+    index = {c: i for i, c in enumerate(classes)}
+    return frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy()
+
+
 def read_oof(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """(true class indices, probabilities, frame) from an oof.csv."""
     frame = pd.read_csv(path, dtype={"id": str, "label": str, "pred": str})
-    index = {c: i for i, c in enumerate(classes)}
-    return frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy(), frame
+    return *oof_arrays(frame, classes), frame
 
 
 def counted_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> list[tuple[str, pd.DataFrame]]:
@@ -159,9 +164,8 @@ def summarize_oof(exp: Path, classes: list[str], folds: list[tuple[str, pd.DataF
     """Per-fold and overall OOF metrics (plus mean ± std over folds) of `counted_oof`'s folds; saved as CSV
     and Markdown."""
     rows, all_y, all_p = [], [], []
-    index = {c: i for i, c in enumerate(classes)}
     for fold, frame in folds:
-        y, probs = frame["label"].map(index).to_numpy(), frame[prob_columns(classes)].to_numpy()
+        y, probs = oof_arrays(frame, classes)
         rows.append({"fold": fold, "n": len(y), **compute_metrics(y, probs)})
         all_y.append(y)
         all_p.append(probs)
