@@ -31,7 +31,8 @@ def test_report_has_every_arm_with_paired_differences(ablation):
     summary = pd.read_csv(root / "reports" / "tiny.csv")
     assert summary["arm"].tolist() == ["real", "no-aug", "tta"]
     assert summary["runs_done"].tolist() == [2, 2, 2] and summary["oof_pairs"].tolist()[1:] == [2, 2]
-    assert set(summary["oof_verdict"]) <= {"baseline", "helps", "hurts", "no evidence"}
+    # Two (fold, seed) pairs per arm: below the 3 a verdict needs.
+    assert summary["oof_verdict"].tolist() == ["baseline", "too few pairs", "too few pairs"]
     runs = pd.read_csv(root / "reports" / "tiny_runs.csv", dtype={"fold": str})
     assert len(runs[runs["fold"] != "ensemble"]) == 6 and runs["private"].between(0, 1).all()
     text = (root / "reports" / "tiny.md").read_text()
