@@ -41,7 +41,7 @@ RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF,
           "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
           "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
           "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
-          "synthetic_per_class": (-1, INF, "[)")}
+          "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)")}
 
 HELP = {
     "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
@@ -53,7 +53,11 @@ HELP = {
     "folds_csv": "fold file (id,label,fold); empty = the single folds/<data name>_k*_s*.csv",
     "runs_dir": "where run directories are created",
     "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
-    "pretrained": "local weight file (.pt/.pth/.safetensors); never downloaded",
+    "pretrained": "local weight file (.pt/.pth/.safetensors, or pretrain.py's backbone.pt); never downloaded",
+    "backbone_lr_mult": "the backbone's LR as a multiple of --lr (the classifier head always gets --lr); below 1 "
+                        "keeps pretrained features from being overwritten early",
+    "freeze_epochs": "train only the classifier head for this many epochs first (backbone weights and BatchNorm "
+                     "statistics frozen); needs pretrained",
     "image_size_px": "resize images to this square size; 0 = keep the data's size",
     "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
     "drop_rate": "dropout before the classifier",
@@ -130,6 +134,8 @@ class TrainConfig(DataFields):
     runs_dir: str = "runs"
     model: str = "smallcnn"
     pretrained: str = ""
+    backbone_lr_mult: float = 1.0
+    freeze_epochs: int = 0
     image_size_px: int = 0
     resize_interp: str = "cubic"
     drop_rate: float = 0.1
@@ -187,6 +193,10 @@ class TrainConfig(DataFields):
         if self.pseudo_soft and (not self.pseudo or "focal" in (self.loss, self.loss2)):
             raise UserError("config: pseudo_soft needs pseudo (a pseudo_label.py folder) and loss ce or "
                             "label_smoothing (focal loss takes class indices only)")
+        if self.freeze_epochs and not self.pretrained:
+            raise UserError("config: freeze_epochs needs pretrained (freezing a random backbone teaches nothing)")
+        if self.freeze_epochs >= self.epochs:
+            raise UserError(f"config: freeze_epochs ({self.freeze_epochs}) must be < epochs ({self.epochs})")
         if self.synthetic_only and not self.synthetic:
             raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):

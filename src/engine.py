@@ -15,6 +15,7 @@ from src.augment import augment_batch
 from src.config import TrainConfig
 from src.distributed import SINGLE, Dist, ShardedBatches, init_distributed
 from src.errors import UserError
+from src.models import freeze_backbone_norms, head_and_backbone
 from src.repro import derived_seed
 
 
@@ -125,10 +126,17 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torc
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
-                    desc: str, quiet: bool, ema=None, augment=None) -> dict:
+                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False) -> dict:
     """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
-    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline."""
+    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline.
+    With `freeze_backbone` only the classifier head learns: the backbone's gradients are dropped before
+    each step (so the optimiser skips it, moments included) and its BatchNorm statistics are kept."""
     model.train()
+    frozen = []
+    if freeze_backbone:
+        net = getattr(model, "module", model)  # the weights, not the DDP wrapper
+        freeze_backbone_norms(net)
+        frozen = head_and_backbone(net)[1]
     loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
     seen, step, start = 0, first_step, time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
@@ -140,6 +148,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        for p in frozen:
+            p.grad = None
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
@@ -171,11 +181,20 @@ def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, r
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases and norm layers (decaying them only hurts)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "initial_lr": cfg.lr},
-              {"params": no_decay, "weight_decay": 0.0, "initial_lr": cfg.lr}]
+    """AdamW or SGD; no weight decay on biases and norm layers (decaying them only hurts); the backbone's
+    peak LR is lr * backbone_lr_mult, the classifier head's is lr."""
+    head, backbone = head_and_backbone(model)
+    parts = [("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)]
+    if cfg.backbone_lr_mult == 1:  # one LR: the two groups checkpoints had before the split existed
+        parts = [("all", backbone + head, cfg.lr)]
+    groups = []
+    for part, params, lr in parts:
+        trainable = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay,
+                    "initial_lr": lr, "part": part},
+                   {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "initial_lr": lr,
+                    "part": part}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":

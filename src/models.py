@@ -40,7 +40,7 @@ class SmallCNN(nn.Module):
         self.num_features = c_in
         self.drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
-        self.fc = nn.Linear(c_in, num_classes)
+        self.fc = nn.Linear(c_in, num_classes) if num_classes else nn.Identity()  # 0 classes: features only
         self.pretrained_cfg = {"first_conv": "features.0.0", "classifier": "fc"}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ class SmallCNN(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _small_cnn(kwargs: dict, **arch) -> SmallCNN:
@@ -83,6 +83,22 @@ def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, in_chans)
     return model
+
+
+def head_and_backbone(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The classifier head's parameters and everything else's (the backbone)."""
+    head = list(model.get_classifier().parameters())
+    ids = {id(p) for p in head}
+    return head, [p for p in model.parameters() if id(p) not in ids]
+
+
+def freeze_backbone_norms(model: nn.Module) -> None:
+    """Put the backbone's BatchNorm layers in eval mode, so a frozen backbone's running statistics stay the
+    pretrained ones (the head, rarely normalised, keeps training mode)."""
+    head = set(model.get_classifier().modules())
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in head:
+            module.eval()
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -227,7 +227,7 @@ class FoldTrainer:
         start = time.perf_counter()
         stats = train_one_epoch(self.train_model, loader, self.optimizer, loss_fn, self.lr_factor, self.step,
                                 self.scaler, self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema,
-                                augment)
+                                augment, freeze_backbone=self.epoch < cfg.freeze_epochs)
         if self.dist.enabled:  # every rank's mean loss over its equal share of each batch
             stats["train_loss"] = float(np.mean(gather_objects(stats["train_loss"], self.dist)))
             stats["images_per_s"] *= self.dist.world_size
@@ -237,7 +237,7 @@ class FoldTrainer:
                                 f"lower --lr or check the data (last good checkpoint: {last})")
         probs = self.predict_val()
         metrics = compute_metrics(self.data.val_labels, probs)
-        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss_name,
+        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_name,  # the head's
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}

@@ -1,0 +1,43 @@
+"""Self-supervised pretraining on a competition's own images: python pretrain.py [all | train | probe].
+
+train: SimCLR (or SimSiam) on every image in train/, unlabeled/ and test/ (labels are never read) ->
+<out_dir>/<exp>/backbone.pt, which train.py --pretrained loads. probe: kNN and linear-probe accuracy of the
+frozen features on the labelled rows, cross-validated over the fold file. all: both (the default).
+"""
+import argparse
+
+from src.cli import quiet_default, run_main
+from src.config import add_config_flags, config_from_args
+from src.pretraining import PretrainConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="all", choices=["all", "train", "probe"], help="what to run")
+    parser.add_argument("--weights", default=None, help="probe: backbone file (default <out_dir>/<exp>/backbone.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue pretraining from its last.pt, exactly")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pretraining folder")
+    parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
+    add_config_flags(parser, PretrainConfig)
+    args = parser.parse_args()
+    cfg = config_from_args(args, PretrainConfig)
+    from src.engine import setup_runtime  # heavy imports only once the arguments are known to be valid
+    from src.pretraining import pretrain_dir, run_pretraining
+    from src.probe import probe_path, probe_summary, run_probe
+    from src.runs import markdown_table
+
+    rt = setup_runtime(cfg)
+    weights = pretrain_dir(cfg) / "backbone.pt"
+    if args.command in ("all", "train"):
+        weights = run_pretraining(cfg, args.resume, args.overwrite, args.quiet, rt)
+        print(f"wrote {weights} (train.py --pretrained {weights})")
+    if args.command in ("all", "probe"):
+        from pathlib import Path
+        weights = Path(args.weights) if args.weights else weights
+        frame = run_probe(cfg, weights, rt, args.quiet)
+        print(markdown_table(probe_summary(frame)))
+        print(f"wrote {probe_path(weights, cfg.data_dir)}")
+
+
+if __name__ == "__main__":
+    run_main(main, interrupt_hint=": finished pretraining epochs are saved in last.pt; continue with --resume")

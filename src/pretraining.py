@@ -1,0 +1,385 @@
+"""Self-supervised pretraining of a train.py backbone on a competition's own pixels (pretrain.py).
+
+The images are every file in the train, unlabeled and (unless --no-include-test) test folders, listed from
+disk: train.csv and folder names are never read here, so no label can reach the weights. The output,
+<out_dir>/<exp>/backbone.pt, is what `train.py --pretrained` loads (backbone only; the head starts fresh).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from tqdm import tqdm
+
+from src.atomic import save_figure, write_csv
+from src.config import HELP, check_fields, config_to_dict
+from src.data import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
+from src.engine import Runtime, norm_tensors, to_input
+from src.errors import UserError
+from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
+from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
+from src.schedule import Schedule, lr_factor_at
+from src.ssl_parts import SSLNet, TwoViews
+
+INF = float("inf")
+# Keys that only change the quality check after pretraining: a resume does not compare them.
+PROBE_KEYS = ("train_csv", "id_col", "label_col", "folds_csv", "probe_k", "probe_temperature")
+
+PRETRAIN_HELP = {
+    "data_dir": "competition folder; every image under its train, unlabeled and test folders is used",
+    "train_csv": "labels file, read only by the quality check after pretraining",
+    "image_dir": "folder of training images inside data_dir",
+    "id_col": HELP["id_col"] + " (quality check only)",
+    "label_col": HELP["label_col"] + " (quality check only)",
+    "folds_csv": HELP["folds_csv"] + " (quality check only)",
+    "unlabeled_dir": "folder of unlabelled images inside data_dir (skipped when absent)",
+    "test_dir": "folder of test images inside data_dir",
+    "include_test": "also pretrain on the test images (a transductive choice, recorded in the config and manifest)",
+    "exp": "pretraining experiment; outputs go to <out_dir>/<exp>/",
+    "out_dir": "where pretraining folders are created",
+    "model": "timm model name or smallcnn: the backbone train.py --model will use",
+    "image_size_px": "resize images to this square size; 0 = the data's size (use the value train.py will use)",
+    "resize_interp": HELP["resize_interp"],
+    "method": "simclr (NT-Xent over the batch's other images) or simsiam (no negatives: predictor + stop-gradient)",
+    "epochs": "passes over all images (two views each)",
+    "batch_size": "images per step (2x as many views); SimCLR's negatives come from the batch, so larger helps",
+    "lr": "peak AdamW learning rate, reached after warmup, then cosine to lr_min_ratio",
+    "lr_warmup_epochs": "linear warmup length in epochs",
+    "lr_min_ratio": "final LR as a fraction of the peak",
+    "weight_decay": "AdamW weight decay",
+    "temperature": "NT-Xent temperature (SimCLR only): lower = harder negatives",
+    "proj_dim": "projector output size (the space the loss works in)",
+    "hidden_dim": "projector hidden size",
+    "crop_scale_min": "smallest random crop, as a share of the image area",
+    "rotate_deg": "random rotation up to this many degrees",
+    "jitter": "brightness and contrast jitter (fraction)",
+    "noise_prob": "share of views that get Gaussian noise",
+    "flips": "random flips of the views (off by default: they change digits and text)",
+    "probe_k": "neighbours in the kNN quality check",
+    "probe_temperature": "kNN vote weight exp(similarity / T)",
+    "seed": "seed for weights, batch order and views",
+    "device": HELP["device"],
+    "amp": HELP["amp"],
+    "channels_last": HELP["channels_last"],
+    "deterministic": HELP["deterministic"],
+    "threads": "torch CPU threads; 0 = all cores",
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines a pretraining run; saved in config.json, last.pt and backbone.pt."""
+
+    CHOICES: ClassVar[dict] = {"method": ("simclr", "simsiam"), "flips": ("none", "h", "v", "hv"),
+                               "resize_interp": ("area", "linear", "cubic", "lanczos"),
+                               "device": ("auto", "cpu", "cuda")}
+    RANGES: ClassVar[dict] = {
+        "image_size_px": (0, INF, "[)"), "epochs": (1, INF, "[)"), "batch_size": (2, INF, "[)"), "lr": (0, 1, "()"),
+        "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "weight_decay": (0, INF, "[)"),
+        "temperature": (0, INF, "()"), "proj_dim": (1, INF, "[)"), "hidden_dim": (4, INF, "[)"),
+        "crop_scale_min": (0, 1, "(]"), "rotate_deg": (0, 180, "[]"), "jitter": (0, 1, "[)"),
+        "noise_prob": (0, 1, "[]"), "probe_k": (1, INF, "[)"), "probe_temperature": (0, INF, "()"),
+        "threads": (0, INF, "[)")}
+    HELP: ClassVar[dict] = PRETRAIN_HELP
+
+    data_dir: str = "data/mnist5k"
+    train_csv: str = "train.csv"
+    image_dir: str = "train"
+    id_col: str = "image"
+    label_col: str = "label"
+    folds_csv: str = ""
+    unlabeled_dir: str = "unlabeled"
+    test_dir: str = "test"
+    include_test: bool = True
+    exp: str = "ssl"
+    out_dir: str = "pretrained"
+    model: str = "smallcnn"
+    image_size_px: int = 0
+    resize_interp: str = "cubic"
+    method: str = "simclr"
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    lr_warmup_epochs: float = 1.0
+    lr_min_ratio: float = 0.0
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    proj_dim: int = 128
+    hidden_dim: int = 512
+    crop_scale_min: float = 0.3
+    rotate_deg: float = 15.0
+    jitter: float = 0.3
+    noise_prob: float = 0.3
+    flips: str = "none"
+    probe_k: int = 20
+    probe_temperature: float = 0.07
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = True
+    threads: int = 0
+
+    def validate(self) -> "PretrainConfig":
+        check_fields(self)
+        if self.lr_warmup_epochs >= self.epochs:
+            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        if not self.exp or "/" in self.exp or self.exp.startswith("."):
+            raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
+        if not timm.is_model(self.model):
+            raise UserError(f"config: model {self.model!r} is not a timm model name (or smallcnn)")
+        return self
+
+
+def pretrain_dir(cfg: PretrainConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.exp
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder` (sub-folders included, hidden ones skipped), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def list_pretrain_images(cfg: PretrainConfig) -> pd.DataFrame:
+    """The manifest: (path relative to data_dir, split) of every image pretraining sees; no label column exists."""
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: data folder not found (set --data-dir)")
+    splits = [("train", cfg.image_dir), ("unlabeled", cfg.unlabeled_dir)]
+    if cfg.include_test:
+        splits.append(("test", cfg.test_dir))
+    rows = []
+    for split, name in splits:
+        folder = data_dir / name
+        if not folder.is_dir():
+            if split == "train":
+                raise UserError(f"{folder}: image folder not found (set --image-dir)")
+            continue  # no unlabeled/ (or test/) folder: nothing to add
+        rows += [(str(p.relative_to(data_dir)), split) for p in image_files(folder)]
+    if not rows:
+        raise UserError(f"{data_dir}: no images ({', '.join(IMAGE_EXTS)}) in {[n for _, n in splits]}")
+    return pd.DataFrame(rows, columns=["path", "split"])
+
+
+@dataclass
+class PretrainImages:
+    """All pretraining pixels decoded once, with what a checkpoint needs to check it sees the same ones."""
+
+    manifest: pd.DataFrame  # path, split, pixel_sha1
+    images: np.ndarray  # uint8 (N, H, W, C)
+    spec: ImageSpec
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha1("\n".join(self.manifest["pixel_sha1"]).encode()).hexdigest()
+
+
+def load_pretrain_images(cfg: PretrainConfig, quiet: bool) -> PretrainImages:
+    manifest = list_pretrain_images(cfg)
+    decoded = decode_all([Path(cfg.data_dir) / p for p in manifest["path"]], quiet=quiet)
+    manifest["pixel_sha1"] = [pixel_hash(im) for im in decoded]
+    spec = infer_spec(decoded, cfg.image_size_px)
+    images = to_array(decoded, spec, cfg.resize_interp)
+    mean, std = channel_stats(images)
+    return PretrainImages(manifest, images, spec, mean, std)
+
+
+def build_views(cfg: PretrainConfig) -> TwoViews:
+    return TwoViews((cfg.crop_scale_min, 1.0), cfg.rotate_deg, cfg.jitter, cfg.noise_prob, cfg.flips)
+
+
+def build_backbone(model: str, in_chans: int) -> torch.nn.Module:
+    """train.py's network without a classifier (num_classes=0: timm returns pooled features)."""
+    return timm.create_model(model, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=0.0)
+
+
+def backbone_state(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's tensors without classifier keys, so train.py's head is initialised fresh."""
+    heads = (getattr(backbone, "pretrained_cfg", {}) or {}).get("classifier", "")
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    return {k: v for k, v in backbone.state_dict().items() if not any(h and k.startswith(h + ".") for h in heads)}
+
+
+class PretrainTrainer:
+    """Owns the SSL network, optimiser and schedule; checkpointed after every epoch, resumed exactly."""
+
+    def __init__(self, cfg: PretrainConfig, out_dir: Path, data: PretrainImages, rt: Runtime):
+        self.cfg, self.out_dir, self.data, self.rt = cfg, out_dir, data, rt
+        if len(data.images) < 2:
+            raise UserError(f"{cfg.data_dir}: pretraining needs at least 2 images, found {len(data.images)}")
+        seed_everything(derived_seed(cfg.seed))
+        self.batch_size = min(cfg.batch_size, len(data.images))
+        self.net = SSLNet(build_backbone(cfg.model, data.spec.in_chans), cfg.method, cfg.proj_dim,
+                          cfg.hidden_dim).to(rt.device)
+        if rt.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        per_epoch = len(data.images) // self.batch_size  # the ragged last batch is dropped (BN, negatives)
+        self.schedule = Schedule(kind="cosine", steps_per_epoch=per_epoch, total_steps=cfg.epochs * per_epoch,
+                                 warmup_steps=round(cfg.lr_warmup_epochs * per_epoch), min_ratio=cfg.lr_min_ratio,
+                                 step_every_steps=1, step_gamma=1.0)
+        self.views = build_views(cfg)
+        self.norm = norm_tensors(data.mean, data.std, rt)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+        self.epoch, self.step, self.log, self.finished = 0, 0, [], False
+
+    def header(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "kind": "ssl", "config": config_to_dict(self.cfg),
+                "image_spec": vars(self.data.spec), "mean": self.data.mean, "std": self.data.std,
+                "images_sha1": self.data.fingerprint, "n_images": len(self.data.images),
+                # Views are drawn on the device, so a resume elsewhere would draw other views.
+                "runtime": {"device": self.rt.device.type, "amp_dtype": str(self.rt.amp_dtype)}}
+
+    def save_last(self) -> None:
+        save_checkpoint(self.out_dir / "last.pt", {
+            **self.header(), "epoch": self.epoch, "step": self.step, "finished": self.finished,
+            "net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "log": self.log})
+
+    def resume(self) -> None:
+        """Continue from last.pt exactly; refuses other training settings, images or device."""
+        path = self.out_dir / "last.pt"
+        state = load_checkpoint(path)
+        saved, now = state["config"], config_to_dict(self.cfg)
+        diff = [k for k in now if k not in PROBE_KEYS and saved.get(k) != now[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; use the same settings "
+                            f"or a new --exp")
+        if state["images_sha1"] != self.data.fingerprint:
+            raise UserError(f"{path}: the images changed since pretraining started; start a new --exp")
+        if state.get("runtime") != self.header()["runtime"]:
+            raise UserError(f"{path}: trained with {state.get('runtime')}, now {self.header()['runtime']}; resume on "
+                            f"the same kind of device (--device) for an exact continuation")
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.log, self.finished = state["epoch"], state["step"], state["log"], state["finished"]
+        print(f"pretrain: resuming after epoch {self.epoch - 1} from {path}")
+
+    def view_pair(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two independently augmented, normalised views of a uint8 NHWC batch."""
+        return tuple(to_input(images, *self.norm, self.rt, lambda x: self.views(x, generator)) for _ in range(2))
+
+    def run_epoch(self, quiet: bool) -> dict:
+        cfg, rt = self.cfg, self.rt
+        order = torch.randperm(len(self.data.images), generator=torch.Generator().manual_seed(
+            derived_seed(cfg.seed, self.epoch)))
+        view_rng = torch.Generator(device=rt.device).manual_seed(derived_seed(cfg.seed, self.epoch, 1))
+        images = torch.from_numpy(self.data.images)
+        self.net.train()
+        loss_sum, seen, start = torch.zeros((), device=rt.device), 0, time.perf_counter()
+        for b in tqdm(range(self.schedule.steps_per_epoch), desc=f"pretrain epoch {self.epoch}", leave=False,
+                      disable=quiet, unit="batch"):
+            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x1, x2 = self.view_pair(images[rows], view_rng)
+            lr = cfg.lr * lr_factor_at(self.step, self.schedule)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+                loss = self.net.loss(x1, x2, cfg.temperature)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach() * len(rows)
+            seen += len(rows)
+            self.step += 1
+        loss_value = float(loss_sum) / max(seen, 1)
+        seconds = time.perf_counter() - start
+        if not math.isfinite(loss_value):
+            raise UserError(f"pretrain epoch {self.epoch}: loss is {loss_value}; lower --lr")
+        return {"epoch": self.epoch, "lr": lr, "loss": loss_value, "seconds": seconds,
+                "images_per_s": seen / max(seconds, 1e-9)}
+
+    def fit(self, quiet: bool) -> None:
+        """Train to the last epoch with last.pt after every epoch, then write backbone.pt."""
+        while not self.finished:
+            row = self.run_epoch(quiet)
+            self.log.append(row)
+            self.epoch += 1
+            self.finished = self.epoch >= self.cfg.epochs
+            self.save_last()
+            write_log(self.out_dir, self.log)
+            if not quiet or self.finished or self.epoch % 10 == 0:
+                print(f"pretrain epoch {row['epoch']:>3} lr={row['lr']:.2e} loss={row['loss']:.4f} "
+                      f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s", flush=True)
+        plot_pretrain_loss(self.out_dir / "loss.png", self.log, self.cfg.method)
+        self.save_backbone()
+
+    def save_backbone(self) -> None:
+        """backbone.pt: the tensors train.py --pretrained loads under "model", plus how they were made."""
+        save_checkpoint(self.out_dir / "backbone.pt", {**self.header(), "epoch": self.epoch,
+                                                       "model": backbone_state(self.net.backbone)})
+
+    def save_view_grid(self, path: Path, count: int = 8) -> None:
+        """Pairs of views of the first images (one pair per column), to check the augmentation by eye."""
+        generator = torch.Generator(device=self.rt.device).manual_seed(derived_seed(self.cfg.seed, -1))
+        batch = torch.from_numpy(self.data.images[:count]).to(self.rt.device).permute(0, 3, 1, 2).float()
+        rows = [batch] + [self.views(batch, generator) for _ in range(2)]
+        fig, axes = plt.subplots(3, len(batch), figsize=(1.2 * len(batch), 3.8), squeeze=False)
+        for r, (name, views) in enumerate(zip(("image", "view 1", "view 2"), rows)):
+            for c in range(len(batch)):
+                pixels = views[c].permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
+                axes[r][c].imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0,
+                                  vmax=255)
+                axes[r][c].set_xticks([])
+                axes[r][c].set_yticks([])
+            axes[r][0].set_ylabel(name)
+        fig.suptitle("pretraining views (same seed every run)")
+        save_figure(path, fig)
+        plt.close(fig)
+
+
+def plot_pretrain_loss(path: Path, log: list[dict], method: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["epoch"] for r in log], [r["loss"] for r in log], marker=".")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NT-Xent loss" if method == "simclr" else "SimSiam loss (negative cosine)")
+    ax.grid(alpha=0.3)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def write_manifest(out_dir: Path, data: PretrainImages) -> None:
+    write_csv(out_dir / "manifest.csv", data.manifest)
+
+
+def run_pretraining(cfg: PretrainConfig, resume: bool, overwrite: bool, quiet: bool, rt: Runtime) -> Path:
+    """Pretrain (or resume) on every listed image; returns the backbone.pt path."""
+    from src.atomic import check_writable
+    from src.cv import REPO, run_dir_action, write_run_record
+    from src.repro import git_commit, package_versions
+
+    out = pretrain_dir(cfg)
+    action = run_dir_action(out, resume, overwrite)
+    check_writable(out.parent, "pretraining folders")
+    data = load_pretrain_images(cfg, quiet)
+    trainer = PretrainTrainer(cfg, out, data, rt)
+    counts = data.manifest["split"].value_counts().to_dict()
+    write_run_record(out, action, {**trainer.header(), "images_by_split": counts, "git_commit": git_commit(REPO),
+                                   "packages": package_versions()})
+    write_manifest(out, data)
+    trainer.save_view_grid(out / "views.png")
+    params = sum(p.numel() for p in trainer.net.backbone.parameters())
+    spec = data.spec
+    print(f"pretrain: {len(data.images)} images ({', '.join(f'{v} {k}' for k, v in counts.items())}) at "
+          f"{spec.height_px}x{spec.width_px}x{spec.in_chans}, {cfg.method} on {cfg.model} "
+          f"({params / 1e6:.2f} M parameters), {cfg.epochs} epochs, device {rt.device}")
+    if action == "resume":
+        trainer.resume()
+    trainer.fit(quiet)
+    return out / "backbone.pt"

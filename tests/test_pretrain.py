@@ -1,0 +1,253 @@
+"""Self-supervised pretraining: the losses on constructed examples, the views, exact resume, that labels never
+reach the weights, the quality probe, and that backbone.pt fine-tunes in train.py."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src.config import TrainConfig, config_from_dict
+from src.engine import Runtime
+from src.errors import UserError
+from src.models import build_model
+from src.pretraining import (
+    PretrainConfig,
+    PretrainTrainer,
+    backbone_state,
+    build_backbone,
+    list_pretrain_images,
+    load_pretrain_images,
+    run_pretraining,
+)
+from src.probe import knn_predict, run_probe
+from src.runs import load_checkpoint
+from src.ssl_parts import TwoViews, nt_xent, simsiam_loss
+from tests.conftest import make_competition, run_script
+
+CPU = Runtime(torch.device("cpu"), None, False)
+
+
+def nt_xent_by_hand(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
+    """The SimCLR paper's definition written as loops: l(i, j) = -log exp(s_ij / t) / sum_{k != i} exp(s_ik / t)."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        others = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[j]) / t) / others)
+    return total / (2 * n)
+
+
+def test_nt_xent_on_orthogonal_pairs_has_the_closed_form():
+    # Three pairs of identical unit vectors, each pair orthogonal to the others: every embedding sees its
+    # partner at similarity 1 and four others at 0, so the loss is log(1 + 4 exp(-1/T)).
+    z = torch.eye(3)
+    for t in (0.1, 0.5, 1.0):
+        assert nt_xent(z, z.clone(), t).item() == pytest.approx(math.log(1 + 4 * math.exp(-1 / t)), rel=1e-5, abs=1e-6)
+
+
+def test_nt_xent_matches_the_papers_definition_and_ignores_scale():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    assert nt_xent(z1, z2, 0.3).item() == pytest.approx(nt_xent_by_hand(z1, z2, 0.3), rel=1e-5)
+    assert nt_xent(3 * z1, 0.5 * z2, 0.3).item() == pytest.approx(nt_xent(z1, z2, 0.3).item(), rel=1e-5)
+    # Swapping a partner for another image's view makes the pairs harder to find.
+    assert nt_xent(z1, z1 + 0.01 * z2, 0.3) < nt_xent(z1, z2, 0.3)
+
+
+def test_simsiam_loss_is_negative_cosine_with_stop_gradient():
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    z = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    assert simsiam_loss(p, p, z, z).item() == pytest.approx(-1.0)
+    orthogonal = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert simsiam_loss(orthogonal, orthogonal, z, z).item() == pytest.approx(0.0, abs=1e-7)
+    simsiam_loss(p, p, z, z).backward()
+    assert z.grad is None and p.grad is not None  # the target side gets no gradient
+
+
+def test_views_are_seeded_in_range_and_identity_without_augmentation():
+    x = torch.rand(6, 1, 12, 12) * 255
+    views = TwoViews((0.3, 1.0), 15, 0.3, 0.5, "h")
+    a = views(x, torch.Generator().manual_seed(1))
+    b = views(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and a.min() >= 0 and a.max() <= 255
+    assert not torch.equal(a, views(x, torch.Generator().manual_seed(2)))
+    plain = TwoViews((1.0, 1.0), 0, 0.0, 0.0, "none")
+    torch.testing.assert_close(plain(x, torch.Generator().manual_seed(3)), x, atol=1e-3, rtol=0)
+
+
+def tiny_cfg(data_dir, out_dir, **changes) -> PretrainConfig:
+    values = {"data_dir": str(data_dir), "out_dir": str(out_dir), "epochs": 2, "batch_size": 8,
+              "lr_warmup_epochs": 0.5, "hidden_dim": 32, "proj_dim": 16, "probe_k": 3, **changes}
+    return config_from_dict(values, cls=PretrainConfig).validate()
+
+
+@pytest.fixture
+def comp(tmp_path):
+    root = make_competition(tmp_path / "comp", per_class=6)
+    make_competition(tmp_path / "other", per_class=2, seed=5)
+    (tmp_path / "other" / "train").rename(root / "test")  # 6 unlabelled test images
+    return root
+
+
+def test_images_come_from_train_unlabeled_and_test_folders_never_from_labels(comp):
+    cfg = tiny_cfg(comp, "unused")
+    manifest = list_pretrain_images(cfg)
+    assert list(manifest.columns) == ["path", "split"]
+    assert manifest.split.value_counts().to_dict() == {"train": 18, "test": 6}
+    no_test = list_pretrain_images(tiny_cfg(comp, "unused", include_test=False))
+    assert set(no_test.split) == {"train"}
+    with pytest.raises(UserError, match="image folder not found"):
+        list_pretrain_images(tiny_cfg(comp, "unused", image_dir="nope"))
+
+
+def test_pretraining_never_reads_labels(comp, tmp_path, monkeypatch):
+    """Any CSV read during pretraining fails the run, and relabelling every image leaves the weights identical."""
+    def no_csv(*args, **kwargs):
+        raise AssertionError(f"pretraining read a CSV: {args[:1]}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd, "read_csv", no_csv)
+        first = run_pretraining(tiny_cfg(comp, tmp_path / "a"), False, False, True, CPU)
+    labels = pd.read_csv(comp / "train.csv")
+    labels["label"] = np.roll(labels["label"].to_numpy(), 5)
+    labels.to_csv(comp / "train.csv", index=False)
+    second = run_pretraining(tiny_cfg(comp, tmp_path / "b"), False, False, True, CPU)
+    a, b = load_checkpoint(first)["model"], load_checkpoint(second)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    manifest = pd.read_csv(first.parent / "manifest.csv")
+    assert len(manifest) == 24 and "label" not in manifest.columns
+    assert load_checkpoint(first)["config"]["include_test"] is True
+
+
+def test_resume_continues_exactly(comp, tmp_path):
+    cfg = tiny_cfg(comp, tmp_path, epochs=3)
+    data = load_pretrain_images(cfg, quiet=True)
+    straight = PretrainTrainer(cfg, tmp_path / "a", data, CPU)
+    straight.fit(quiet=True)
+    first = PretrainTrainer(cfg, tmp_path / "b", data, CPU)
+    first.log.append(first.run_epoch(quiet=True))
+    first.epoch += 1
+    first.save_last()
+    torch.manual_seed(123)  # the resume must restore every RNG itself
+    resumed = PretrainTrainer(cfg, tmp_path / "b", data, CPU)
+    resumed.resume()
+    resumed.fit(quiet=True)
+    for p, q in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q)
+    assert [r["loss"] for r in straight.log] == [r["loss"] for r in resumed.log]
+    with pytest.raises(UserError, match="temperature="):
+        PretrainTrainer(tiny_cfg(comp, tmp_path, epochs=3, temperature=0.5), tmp_path / "b", data, CPU).resume()
+    # The quality-check settings are not training settings.
+    PretrainTrainer(tiny_cfg(comp, tmp_path, epochs=3, probe_k=5), tmp_path / "b", data, CPU).resume()
+
+
+@pytest.mark.parametrize("model", ["smallcnn", "resnet10t"])
+def test_backbone_file_loads_into_train_py_model_with_a_fresh_head(comp, tmp_path, model):
+    cfg = tiny_cfg(comp, tmp_path, model=model, epochs=1, image_size_px=32 if model == "resnet10t" else 0)
+    weights = run_pretraining(cfg, False, False, True, CPU)
+    saved = load_checkpoint(weights)["model"]
+    train_cfg = TrainConfig(model=model, pretrained=str(weights))
+    net = build_model(train_cfg, in_chans=1, num_classes=3)
+    own = net.state_dict()
+    head = {k for k in own if k.startswith(net.pretrained_cfg["classifier"] + ".")}
+    assert head and not head & saved.keys()
+    assert set(own) - head == set(saved)  # every backbone tensor comes from the file
+    assert all(torch.equal(own[k], saved[k]) for k in saved)
+
+
+def test_knn_vote_weights_by_similarity():
+    train_x = np.array([[0.6, 0.8], [-0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    train_y = np.array([0, 0, 1])
+    query = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    assert knn_predict(train_x, train_y, query, 2, k=1, temperature=0.1).tolist() == [1, 0]
+    # k=3: two class-0 neighbours at similarity 0.8 outvote one class-1 neighbour at 1.0 unless T is small.
+    assert knn_predict(train_x, train_y, query, 2, k=3, temperature=1.0).tolist() == [0, 0]
+    assert knn_predict(train_x, train_y, query, 2, k=3, temperature=0.05).tolist() == [1, 0]
+
+
+def test_probe_reports_initial_and_pretrained_weights_per_fold(comp, tmp_path):
+    folds = tmp_path / "folds.csv"
+    proc = run_script("make_folds.py", "--data-dir", str(comp), "--out", str(folds), "--n-folds", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    cfg = tiny_cfg(comp, tmp_path, folds_csv=str(folds), epochs=1)
+    frame = run_probe(cfg, run_pretraining(cfg, False, False, True, CPU), CPU, quiet=True)
+    assert frame.weights.tolist() == ["initial weights"] * 3 + ["pretrained"] * 3
+    assert frame.n_val.sum() == 2 * 18 and frame.knn_accuracy.between(0, 1).all()
+    assert (tmp_path / "ssl" / "probe_comp.md").is_file() and (tmp_path / "ssl" / "probe_comp.csv").is_file()
+
+
+def test_backbone_state_drops_the_classifier():
+    net = build_backbone("smallcnn", 1)
+    assert not [k for k in backbone_state(net) if k.startswith("fc.")]
+    assert "features.0.0.weight" in backbone_state(net)
+
+
+@pytest.mark.slow
+def test_pretrain_script_then_fine_tune_with_frozen_start(comp, tmp_path):
+    folds = tmp_path / "folds.csv"
+    assert run_script("make_folds.py", "--data-dir", str(comp), "--out", str(folds), "--n-folds", "3",
+                      "--quiet").returncode == 0
+    common = ["--data-dir", str(comp), "--folds-csv", str(folds), "--quiet"]
+    proc = run_script("pretrain.py", *common, "--out-dir", str(tmp_path / "pre"), "--epochs", "2",
+                      "--batch-size", "8", "--lr-warmup-epochs", "0.5", "--probe-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "kNN accuracy" in proc.stdout and "pretrained" in proc.stdout
+    for name in ("backbone.pt", "last.pt", "manifest.csv", "log.csv", "loss.png", "views.png", "probe_comp.md",
+                 "config.json"):
+        assert (tmp_path / "pre" / "ssl" / name).is_file(), name
+    proc = run_script("pretrain.py", *common, "--out-dir", str(tmp_path / "pre"))
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # never mixes a new run into an old folder
+    proc = run_script("train.py", *common, "--runs-dir", str(tmp_path / "runs"), "--exp", "ft", "--epochs", "3",
+                      "--batch-size", "8", "--lr-warmup-epochs", "0.5", "--pretrained",
+                      str(tmp_path / "pre" / "ssl" / "backbone.pt"), "--freeze-epochs", "1",
+                      "--backbone-lr-mult", "0.1", "--fold", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "pretrained: loaded" in proc.stdout
+
+
+def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
+    from src.engine import build_optimizer
+    net = build_backbone("smallcnn", 1)
+    net.reset_classifier(3)
+    cfg = TrainConfig(lr=1e-2, backbone_lr_mult=0.25)
+    by_part = {}
+    for group in build_optimizer(cfg, net).param_groups:
+        by_part.setdefault(group["part"], set()).add(group["initial_lr"])
+    assert by_part == {"backbone": {2.5e-3}, "head": {1e-2}}
+    groups = build_optimizer(TrainConfig(lr=1e-2), net).param_groups
+    assert len(groups) == 2 and {g["initial_lr"] for g in groups} == {1e-2}  # as before the option existed
+
+
+def test_frozen_epoch_trains_only_the_head_and_keeps_batchnorm_statistics():
+    from src.engine import build_optimizer, train_one_epoch
+    torch.manual_seed(0)
+    net = build_backbone("smallcnn", 1)
+    net.reset_classifier(3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randint(0, 255, (16, 12, 12, 1), dtype=torch.uint8)
+    batches = [(images[:8], torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])), (images[8:], torch.tensor([2] * 8))]
+    norm = (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    optimizer = build_optimizer(TrainConfig(lr=1e-2, backbone_lr_mult=0.5), net)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_one_epoch(net, batches, optimizer, torch.nn.CrossEntropyLoss(), lambda s: 1.0, 0, scaler, norm, CPU,
+                    "t", True, freeze_backbone=True)
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+    train_one_epoch(net, batches, optimizer, torch.nn.CrossEntropyLoss(), lambda s: 1.0, 2, scaler, norm, CPU,
+                    "t", True)
+    assert not torch.equal(net.state_dict()["features.0.0.weight"], before["features.0.0.weight"])
+    assert not torch.equal(net.state_dict()["features.0.1.running_mean"], before["features.0.1.running_mean"])
+
+
+def test_freeze_epochs_needs_pretrained_weights():
+    with pytest.raises(UserError, match="freeze_epochs needs pretrained"):
+        config_from_dict({"freeze_epochs": 2}).validate()
+    with pytest.raises(UserError, match="must be <"):
+        config_from_dict({"freeze_epochs": 15, "pretrained": "x.pt"}).validate()
