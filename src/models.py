@@ -151,6 +151,8 @@ def load_pretrained(model: nn.Module, path: str | Path, in_chans: int) -> None:
         raise UserError(f"--pretrained {path}: only {len(backbone) - len(missing)} of {len(backbone)} backbone "
                         f"tensor names match model {type(model).__name__}; wrong architecture?")
     model.load_state_dict(loaded, strict=False)
+    head_in_file = any(any(h and k.startswith(h + ".") for h in heads) for k in state)
     print(f"pretrained: loaded {len(loaded)}/{len(own)} tensors from {path}"
           + (", classifier re-initialised" if skipped_head else "")
+          + ("" if head_in_file else ", new classifier head (none in the file)")
           + (f"; {len(missing)} non-head tensors kept random (e.g. {missing[0]})" if missing else ""))

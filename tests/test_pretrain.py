@@ -147,6 +147,17 @@ def test_resume_continues_exactly(comp, tmp_path):
     PretrainTrainer(tiny_cfg(comp, tmp_path, epochs=3, probe_k=5), tmp_path / "b", data, CPU).resume()
 
 
+def test_simsiam_variant_trains_and_changes_the_backbone(comp, tmp_path):
+    cfg = tiny_cfg(comp, tmp_path, method="simsiam", epochs=1)
+    data = load_pretrain_images(cfg, quiet=True)
+    trainer = PretrainTrainer(cfg, tmp_path, data, CPU)
+    before = {k: v.clone() for k, v in trainer.net.backbone.state_dict().items()}
+    row = trainer.run_epoch(quiet=True)
+    assert -1 <= row["loss"] <= 1  # a negative cosine
+    after = trainer.net.backbone.state_dict()
+    assert not torch.equal(before["features.0.0.weight"], after["features.0.0.weight"])
+
+
 @pytest.mark.parametrize("model", ["smallcnn", "resnet10t"])
 def test_backbone_file_loads_into_train_py_model_with_a_fresh_head(comp, tmp_path, model):
     cfg = tiny_cfg(comp, tmp_path, model=model, epochs=1, image_size_px=32 if model == "resnet10t" else 0)
@@ -208,7 +219,7 @@ def test_pretrain_script_then_fine_tune_with_frozen_start(comp, tmp_path):
                       str(tmp_path / "pre" / "ssl" / "backbone.pt"), "--freeze-epochs", "1",
                       "--backbone-lr-mult", "0.1", "--fold", "0")
     assert proc.returncode == 0, proc.stderr
-    assert "pretrained: loaded" in proc.stdout
+    assert "pretrained: loaded" in proc.stdout and "new classifier head" in proc.stdout
 
 
 def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
