@@ -5,10 +5,11 @@ train: SimCLR (or SimSiam) on every image in train/, unlabeled/ and test/ (label
 frozen features on the labelled rows, cross-validated over the fold file. all: both (the default).
 """
 import argparse
+from pathlib import Path
 
 from src.cli import quiet_default, run_main
 from src.config import add_config_flags, config_from_args
-from src.pretraining import PretrainConfig
+from src.pretrain_config import PretrainConfig, pretrain_dir
 
 
 def main() -> None:
@@ -21,19 +22,20 @@ def main() -> None:
     add_config_flags(parser, PretrainConfig)
     args = parser.parse_args()
     cfg = config_from_args(args, PretrainConfig)
-    from src.engine import setup_runtime  # heavy imports only once the arguments are known to be valid
-    from src.pretraining import pretrain_dir, run_pretraining
+    from src.cv import load_split  # heavy imports (torch, timm) only once the arguments are known to be valid
+    from src.engine import setup_runtime
+    from src.pretraining import run_pretraining
     from src.probe import probe_path, probe_summary, run_probe
     from src.runs import markdown_table
 
+    if args.command in ("all", "probe"):  # a bad label file or fold file fails now, not after pretraining
+        load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col, cfg.folds_csv)
     rt = setup_runtime(cfg)
-    weights = pretrain_dir(cfg) / "backbone.pt"
+    weights = Path(args.weights) if args.weights else pretrain_dir(cfg) / "backbone.pt"
     if args.command in ("all", "train"):
         weights = run_pretraining(cfg, args.resume, args.overwrite, args.quiet, rt)
         print(f"wrote {weights} (train.py --pretrained {weights})")
     if args.command in ("all", "probe"):
-        from pathlib import Path
-        weights = Path(args.weights) if args.weights else weights
         frame = run_probe(cfg, weights, rt, args.quiet)
         print(markdown_table(probe_summary(frame)))
         print(f"wrote {probe_path(weights, cfg.data_dir)}")

@@ -183,10 +183,11 @@ def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, r
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on biases and norm layers (decaying them only hurts); the backbone's
     peak LR is lr * backbone_lr_mult, the classifier head's is lr."""
-    head, backbone = head_and_backbone(model)
-    parts = [("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)]
-    if cfg.backbone_lr_mult == 1:  # one LR: the two groups checkpoints had before the split existed
-        parts = [("all", backbone + head, cfg.lr)]
+    if cfg.backbone_lr_mult == 1:  # one LR: the two groups (in model order) checkpoints had before the split
+        parts = [("all", list(model.parameters()), cfg.lr)]
+    else:
+        head, backbone = head_and_backbone(model)
+        parts = [("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)]
     groups = []
     for part, params, lr in parts:
         trainable = [p for p in params if p.requires_grad]

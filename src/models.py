@@ -85,20 +85,50 @@ def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
     return model
 
 
+def classifier_modules(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The classifier head's modules: timm's get_classifier returns one, or a tuple (distilled models)."""
+    head = model.get_classifier()
+    return tuple(head) if isinstance(head, (tuple, list)) else (head,)
+
+
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of the classifier ('fc.', 'head.fc.', ...) from timm's pretrained_cfg."""
+    heads = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier", "")
+    return tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads) if h)
+
+
 def head_and_backbone(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """The classifier head's parameters and everything else's (the backbone)."""
-    head = list(model.get_classifier().parameters())
-    ids = {id(p) for p in head}
-    return head, [p for p in model.parameters() if id(p) not in ids]
+    """The classifier head's parameters and everything else's (the backbone), each in model order."""
+    ids = {id(p) for head in classifier_modules(model) for p in head.parameters()}
+    params = list(model.parameters())
+    return [p for p in params if id(p) in ids], [p for p in params if id(p) not in ids]
 
 
 def freeze_backbone_norms(model: nn.Module) -> None:
     """Put the backbone's BatchNorm layers in eval mode, so a frozen backbone's running statistics stay the
     pretrained ones (the head, rarely normalised, keeps training mode)."""
-    head = set(model.get_classifier().modules())
+    head = {m for h in classifier_modules(model) for m in h.modules()}
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in head:
             module.eval()
+
+
+def check_ssl_weights(path: str | Path, model: str, height_px: int, width_px: int) -> None:
+    """pretrain.py's backbone.pt records its network and image size: refuse another network, and say so when
+    fine-tuning at another size (the weights load, but features learnt at one scale transfer worse)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file (e.g. safetensors): nothing recorded to compare
+        return
+    if not isinstance(state, dict) or state.get("kind") != "ssl":
+        return
+    made = state["config"]["model"]
+    if made != model:
+        raise UserError(f"--pretrained {path}: pretrained {made!r}, but --model is {model!r}; use --model {made}")
+    size = (state["image_spec"]["height_px"], state["image_spec"]["width_px"])
+    if size != (height_px, width_px):
+        print(f"pretrained: {path} was pretrained at {size[0]}x{size[1]} px, fine-tuning at {height_px}x{width_px}; "
+              f"pretrain with --image-size-px {height_px} for features learnt at this size")
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -128,8 +158,7 @@ def load_pretrained(model: nn.Module, path: str | Path, in_chans: int) -> None:
     own = model.state_dict()
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     first_conv = f"{pcfg.get('first_conv', '')}.weight"
-    heads = pcfg.get("classifier", "")
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    heads = classifier_prefixes(model)
     loaded, skipped_head = {}, []
     for key, value in state.items():
         if key not in own:
@@ -137,21 +166,21 @@ def load_pretrained(model: nn.Module, path: str | Path, in_chans: int) -> None:
         if value.shape != own[key].shape:
             if key == first_conv and value.ndim == 4:
                 value = adapt_input_conv(in_chans, value)
-            elif any(h and key.startswith(h + ".") for h in heads):
+            elif key.startswith(heads):
                 skipped_head.append(key)
                 continue
             else:
                 raise UserError(f"--pretrained {path}: {key} has shape {tuple(value.shape)}, "
                                 f"model needs {tuple(own[key].shape)}; wrong architecture?")
         loaded[key] = value
-    backbone = [k for k in own if not any(h and k.startswith(h + ".") for h in heads)]
+    backbone = [k for k in own if not k.startswith(heads)]
     missing = [k for k in backbone if k not in loaded]
     # A few coincidental names (a bias, a BN buffer) are not a transfer: demand most of the backbone.
     if len(missing) > len(backbone) / 2:
         raise UserError(f"--pretrained {path}: only {len(backbone) - len(missing)} of {len(backbone)} backbone "
                         f"tensor names match model {type(model).__name__}; wrong architecture?")
     model.load_state_dict(loaded, strict=False)
-    head_in_file = any(any(h and k.startswith(h + ".") for h in heads) for k in state)
+    head_in_file = any(k.startswith(heads) for k in state)
     print(f"pretrained: loaded {len(loaded)}/{len(own)} tensors from {path}"
           + (", classifier re-initialised" if skipped_head else "")
           + ("" if head_in_file else ", new classifier head (none in the file)")

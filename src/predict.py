@@ -94,8 +94,7 @@ class Predictor:
         first = states[0]
         if tta == "greedy":
             raise UserError("--tta greedy chooses views on OOF rows; only infer.py's submission flow does that")
-        # The weights come from the checkpoint: never re-read (or require) the original --pretrained file.
-        cfg = dataclasses.replace(config_from_dict(first["config"], source=str(exp_dir)), pretrained="", device=device)
+        cfg = dataclasses.replace(config_from_dict(first["config"], source=str(exp_dir)), device=device)
         rt = setup_runtime(cfg)
         spec = ImageSpec(**first["image_spec"])
         folds = []
@@ -105,7 +104,9 @@ class Predictor:
                 raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold "
                                 f"{fold_ids[0]}'s; "
                                 f"retrain the experiment's folds with one config")
-            model = build_model(cfg, spec.in_chans, len(first["classes"]))
+            # The weights come from the checkpoint: never re-read (or require) the original --pretrained file.
+            # cfg keeps it, so a retrain from this experiment (pseudo-labelling) starts from the same weights.
+            model = build_model(dataclasses.replace(cfg, pretrained=""), spec.in_chans, len(first["classes"]))
             try:
                 model.load_state_dict(state["model"])
             except RuntimeError:

@@ -11,7 +11,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,154 +19,54 @@ import timm
 import torch
 from tqdm import tqdm
 
-from src.atomic import save_figure, write_csv
-from src.config import HELP, check_fields, config_to_dict
+from src.atomic import check_writable, save_figure, write_csv
+from src.config import config_differences, config_to_dict
+from src.cv import REPO, run_dir_action, write_run_record
 from src.data import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
 from src.engine import Runtime, norm_tensors, to_input
 from src.errors import UserError
-from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
+from src.models import classifier_prefixes
+from src.pretrain_config import PROBE_KEYS, PretrainConfig, pretrain_dir
+from src.repro import derived_seed, git_commit, package_versions, rng_state, seed_everything, set_rng_state
 from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
 from src.schedule import Schedule, lr_factor_at
 from src.ssl_parts import SSLNet, TwoViews
 
-INF = float("inf")
-# Keys that only change the quality check after pretraining: a resume does not compare them.
-PROBE_KEYS = ("train_csv", "id_col", "label_col", "folds_csv", "probe_k", "probe_temperature")
 
-PRETRAIN_HELP = {
-    "data_dir": "competition folder; every image under its train, unlabeled and test folders is used",
-    "train_csv": "labels file, read only by the quality check after pretraining",
-    "image_dir": "folder of training images inside data_dir",
-    "id_col": HELP["id_col"] + " (quality check only)",
-    "label_col": HELP["label_col"] + " (quality check only)",
-    "folds_csv": HELP["folds_csv"] + " (quality check only)",
-    "unlabeled_dir": "folder of unlabelled images inside data_dir (skipped when absent)",
-    "test_dir": "folder of test images inside data_dir",
-    "include_test": "also pretrain on the test images (a transductive choice, recorded in the config and manifest)",
-    "exp": "pretraining experiment; outputs go to <out_dir>/<exp>/",
-    "out_dir": "where pretraining folders are created",
-    "model": "timm model name or smallcnn: the backbone train.py --model will use",
-    "image_size_px": "resize images to this square size; 0 = the data's size (use the value train.py will use)",
-    "resize_interp": HELP["resize_interp"],
-    "method": "simclr (NT-Xent over the batch's other images) or simsiam (no negatives: predictor + stop-gradient)",
-    "epochs": "passes over all images (two views each)",
-    "batch_size": "images per step (2x as many views); SimCLR's negatives come from the batch, so larger helps",
-    "lr": "peak AdamW learning rate, reached after warmup, then cosine to lr_min_ratio",
-    "lr_warmup_epochs": "linear warmup length in epochs",
-    "lr_min_ratio": "final LR as a fraction of the peak",
-    "weight_decay": "AdamW weight decay",
-    "temperature": "NT-Xent temperature (SimCLR only): lower = harder negatives",
-    "proj_dim": "projector output size (the space the loss works in)",
-    "hidden_dim": "projector hidden size",
-    "crop_scale_min": "smallest random crop, as a share of the image area",
-    "rotate_deg": "random rotation up to this many degrees",
-    "jitter": "brightness and contrast jitter (fraction)",
-    "noise_prob": "share of views that get Gaussian noise",
-    "flips": "random flips of the views (off by default: they change digits and text)",
-    "probe_k": "neighbours in the kNN quality check",
-    "probe_temperature": "kNN vote weight exp(similarity / T)",
-    "seed": "seed for weights, batch order and views",
-    "device": HELP["device"],
-    "amp": HELP["amp"],
-    "channels_last": HELP["channels_last"],
-    "deterministic": HELP["deterministic"],
-    "threads": "torch CPU threads; 0 = all cores",
-}
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that determines a pretraining run; saved in config.json, last.pt and backbone.pt."""
-
-    CHOICES: ClassVar[dict] = {"method": ("simclr", "simsiam"), "flips": ("none", "h", "v", "hv"),
-                               "resize_interp": ("area", "linear", "cubic", "lanczos"),
-                               "device": ("auto", "cpu", "cuda")}
-    RANGES: ClassVar[dict] = {
-        "image_size_px": (0, INF, "[)"), "epochs": (1, INF, "[)"), "batch_size": (2, INF, "[)"), "lr": (0, 1, "()"),
-        "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "weight_decay": (0, INF, "[)"),
-        "temperature": (0, INF, "()"), "proj_dim": (1, INF, "[)"), "hidden_dim": (4, INF, "[)"),
-        "crop_scale_min": (0, 1, "(]"), "rotate_deg": (0, 180, "[]"), "jitter": (0, 1, "[)"),
-        "noise_prob": (0, 1, "[]"), "probe_k": (1, INF, "[)"), "probe_temperature": (0, INF, "()"),
-        "threads": (0, INF, "[)")}
-    HELP: ClassVar[dict] = PRETRAIN_HELP
-
-    data_dir: str = "data/mnist5k"
-    train_csv: str = "train.csv"
-    image_dir: str = "train"
-    id_col: str = "image"
-    label_col: str = "label"
-    folds_csv: str = ""
-    unlabeled_dir: str = "unlabeled"
-    test_dir: str = "test"
-    include_test: bool = True
-    exp: str = "ssl"
-    out_dir: str = "pretrained"
-    model: str = "smallcnn"
-    image_size_px: int = 0
-    resize_interp: str = "cubic"
-    method: str = "simclr"
-    epochs: int = 40
-    batch_size: int = 256
-    lr: float = 2e-3
-    lr_warmup_epochs: float = 1.0
-    lr_min_ratio: float = 0.0
-    weight_decay: float = 1e-4
-    temperature: float = 0.2
-    proj_dim: int = 128
-    hidden_dim: int = 512
-    crop_scale_min: float = 0.3
-    rotate_deg: float = 15.0
-    jitter: float = 0.3
-    noise_prob: float = 0.3
-    flips: str = "none"
-    probe_k: int = 20
-    probe_temperature: float = 0.07
-    seed: int = 42
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    deterministic: bool = True
-    threads: int = 0
-
-    def validate(self) -> "PretrainConfig":
-        check_fields(self)
-        if self.lr_warmup_epochs >= self.epochs:
-            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
-        if not self.exp or "/" in self.exp or self.exp.startswith("."):
-            raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
-        if not timm.is_model(self.model):
-            raise UserError(f"config: model {self.model!r} is not a timm model name (or smallcnn)")
-        return self
-
-
-def pretrain_dir(cfg: PretrainConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.exp
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder` (sub-folders included, hidden ones skipped), sorted."""
+def image_files(folder: Path, skip: list[Path]) -> list[Path]:
+    """Every image file under `folder` (sub-folders included, hidden ones and those under `skip` left out)."""
+    skip = [p.resolve() for p in skip]
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and not any(p.resolve().is_relative_to(other) for other in skip))
 
 
 def list_pretrain_images(cfg: PretrainConfig) -> pd.DataFrame:
-    """The manifest: (path relative to data_dir, split) of every image pretraining sees; no label column exists."""
+    """The manifest: (path relative to data_dir, split) of every image pretraining sees; no label column exists.
+
+    A split's folder never contributes the other splits' folders (e.g. --image-dir . holds test/), so each
+    image is listed once, and --no-include-test really leaves the test images out."""
     data_dir = Path(cfg.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: data folder not found (set --data-dir)")
-    splits = [("train", cfg.image_dir), ("unlabeled", cfg.unlabeled_dir)]
-    if cfg.include_test:
-        splits.append(("test", cfg.test_dir))
-    rows = []
-    for split, name in splits:
-        folder = data_dir / name
+    folders = {"train": data_dir / cfg.image_dir, "unlabeled": data_dir / cfg.unlabeled_dir,
+               "test": data_dir / cfg.test_dir}
+    if not folders["train"].is_dir():
+        raise UserError(f"{folders['train']}: image folder not found (set --image-dir)")
+    rows, seen = [], set()
+    for split in ("train", "unlabeled", "test") if cfg.include_test else ("train", "unlabeled"):
+        folder = folders[split]
         if not folder.is_dir():
-            if split == "train":
-                raise UserError(f"{folder}: image folder not found (set --image-dir)")
             continue  # no unlabeled/ (or test/) folder: nothing to add
-        rows += [(str(p.relative_to(data_dir)), split) for p in image_files(folder)]
+        others = [f for name, f in folders.items() if name != split and f.resolve() != folder.resolve()
+                  and f.resolve().is_relative_to(folder.resolve())]
+        for path in image_files(folder, others):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                rows.append((str(path.relative_to(data_dir)), split))
     if not rows:
-        raise UserError(f"{data_dir}: no images ({', '.join(IMAGE_EXTS)}) in {[n for _, n in splits]}")
+        searched = sorted({str(f) for f in folders.values()})
+        raise UserError(f"{data_dir}: no images ({', '.join(IMAGE_EXTS)}) in {searched}")
     return pd.DataFrame(rows, columns=["path", "split"])
 
 
@@ -207,9 +106,7 @@ def build_backbone(model: str, in_chans: int) -> torch.nn.Module:
 
 def backbone_state(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's tensors without classifier keys, so train.py's head is initialised fresh."""
-    heads = (getattr(backbone, "pretrained_cfg", {}) or {}).get("classifier", "")
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    return {k: v for k, v in backbone.state_dict().items() if not any(h and k.startswith(h + ".") for h in heads)}
+    return {k: v for k, v in backbone.state_dict().items() if not k.startswith(classifier_prefixes(backbone))}
 
 
 class PretrainTrainer:
@@ -225,15 +122,29 @@ class PretrainTrainer:
                           cfg.hidden_dim).to(rt.device)
         if rt.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.norm = norm_tensors(data.mean, data.std, rt)
+        self.check_forward()
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         per_epoch = len(data.images) // self.batch_size  # the ragged last batch is dropped (BN, negatives)
         self.schedule = Schedule(kind="cosine", steps_per_epoch=per_epoch, total_steps=cfg.epochs * per_epoch,
                                  warmup_steps=round(cfg.lr_warmup_epochs * per_epoch), min_ratio=cfg.lr_min_ratio,
                                  step_every_steps=1, step_gamma=1.0)
         self.views = build_views(cfg)
-        self.norm = norm_tensors(data.mean, data.std, rt)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
+
+    def check_forward(self) -> None:
+        """One loss on two images now, so a model that cannot take this input fails with a message before the
+        output folder is written."""
+        x = to_input(torch.from_numpy(self.data.images[:2]), *self.norm, self.rt)
+        spec = self.data.spec
+        try:
+            with torch.no_grad():
+                self.net.eval().loss(x, x, self.cfg.temperature)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise UserError(f"model {self.cfg.model} cannot take {spec.height_px}x{spec.width_px}x{spec.in_chans} "
+                            f"input ({str(err).splitlines()[0][:100]}); set --image-size-px to the size it "
+                            f"expects or pick another model") from None
 
     def header(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "kind": "ssl", "config": config_to_dict(self.cfg),
@@ -253,7 +164,9 @@ class PretrainTrainer:
         path = self.out_dir / "last.pt"
         state = load_checkpoint(path)
         saved, now = state["config"], config_to_dict(self.cfg)
-        diff = [k for k in now if k not in PROBE_KEYS and saved.get(k) != now[k]]
+        # The device is compared through the runtime below; threads change speed, not results.
+        diff = [k for k in config_differences(saved, now, cls=PretrainConfig)
+                if k not in (*PROBE_KEYS, "device", "threads")]
         if diff:
             k = diff[0]
             raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now[k]!r}; use the same settings "
@@ -360,26 +273,23 @@ def write_manifest(out_dir: Path, data: PretrainImages) -> None:
 
 def run_pretraining(cfg: PretrainConfig, resume: bool, overwrite: bool, quiet: bool, rt: Runtime) -> Path:
     """Pretrain (or resume) on every listed image; returns the backbone.pt path."""
-    from src.atomic import check_writable
-    from src.cv import REPO, run_dir_action, write_run_record
-    from src.repro import git_commit, package_versions
-
     out = pretrain_dir(cfg)
     action = run_dir_action(out, resume, overwrite)
     check_writable(out.parent, "pretraining folders")
     data = load_pretrain_images(cfg, quiet)
     trainer = PretrainTrainer(cfg, out, data, rt)
+    if action == "resume":
+        trainer.resume()  # refuses other settings or images before anything in the folder is rewritten
     counts = data.manifest["split"].value_counts().to_dict()
     write_run_record(out, action, {**trainer.header(), "images_by_split": counts, "git_commit": git_commit(REPO),
                                    "packages": package_versions()})
-    write_manifest(out, data)
-    trainer.save_view_grid(out / "views.png")
+    if action != "resume":
+        write_manifest(out, data)
+        trainer.save_view_grid(out / "views.png")
     params = sum(p.numel() for p in trainer.net.backbone.parameters())
     spec = data.spec
     print(f"pretrain: {len(data.images)} images ({', '.join(f'{v} {k}' for k, v in counts.items())}) at "
           f"{spec.height_px}x{spec.width_px}x{spec.in_chans}, {cfg.method} on {cfg.model} "
           f"({params / 1e6:.2f} M parameters), {cfg.epochs} epochs, device {rt.device}")
-    if action == "resume":
-        trainer.resume()
     trainer.fit(quiet)
     return out / "backbone.pt"

@@ -22,7 +22,9 @@ from src.cv import load_split
 from src.data import ImageSpec, decode_all, to_array
 from src.engine import Runtime, norm_tensors, to_input
 from src.errors import UserError
-from src.pretraining import PretrainConfig, build_backbone
+from src.models import classifier_prefixes
+from src.pretrain_config import PretrainConfig
+from src.pretraining import build_backbone
 from src.repro import derived_seed, seed_everything
 from src.runs import load_checkpoint, markdown_table
 
@@ -93,9 +95,11 @@ def run_probe(cfg: PretrainConfig, weights: Path, rt: Runtime, quiet: bool) -> p
         seed_everything(derived_seed(made["seed"]))  # the initialisation pretraining started from
         backbone = build_backbone(made["model"], spec.in_chans)
         if tensors is not None:
-            missing = backbone.load_state_dict(tensors, strict=False).missing_keys
-            if [k for k in missing if k in tensors or not k.startswith(_head_prefixes(backbone))]:
-                raise UserError(f"{weights}: does not match model {made['model']} (missing {missing[:2]})")
+            result = backbone.load_state_dict(tensors, strict=False)
+            missing = [k for k in result.missing_keys if not k.startswith(classifier_prefixes(backbone))]
+            if missing or result.unexpected_keys:
+                raise UserError(f"{weights}: does not match model {made['model']} "
+                                f"(e.g. {(missing or result.unexpected_keys)[0]})")
         features = embed(backbone.to(rt.device), images, state["mean"], state["std"], rt)
         for row in cross_validate(features, table.labels, fold_of, len(table.classes), cfg):
             results.append({"weights": name, **row})
@@ -113,11 +117,6 @@ def run_probe(cfg: PretrainConfig, weights: Path, rt: Runtime, quiet: bool) -> p
 def probe_path(weights: Path, data_dir: str) -> Path:
     """probe_<data name>.md beside the weights: one report per labelled data set probed."""
     return weights.parent / f"probe_{Path(data_dir).name}.md"
-
-
-def _head_prefixes(backbone: torch.nn.Module) -> tuple[str, ...]:
-    heads = (getattr(backbone, "pretrained_cfg", {}) or {}).get("classifier", "")
-    return tuple(h + "." for h in ((heads,) if isinstance(heads, str) else heads) if h)
 
 
 def probe_summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,11 +19,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     Each of the 2N embeddings must pick its partner out of the other 2N - 1 by cosine similarity / T;
     the loss is the mean cross entropy of that choice."""
     n = len(z1)
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))  # an embedding is never its own candidate
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, partner)
+    with torch.autocast(z1.device.type, enabled=False):  # similarities / T need full precision
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        logits = z @ z.T / temperature
+        logits.fill_diagonal_(float("-inf"))  # an embedding is never its own candidate
+        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return F.cross_entropy(logits, partner)
 
 
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,9 @@ class SSLNet(nn.Module):
     def __init__(self, backbone: nn.Module, method: str, proj_dim: int, hidden_dim: int):
         super().__init__()
         self.backbone, self.method = backbone, method
-        width = backbone.num_features
+        # What forward_head(pre_logits=True) returns: some timm heads (MobileNetV3, ConvNeXt with a hidden
+        # head layer) widen the last stage's num_features.
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         self.projector = mlp([width, hidden_dim, proj_dim], last_bn=method == "simsiam")
         self.predictor = mlp([proj_dim, hidden_dim // 4, proj_dim], last_bn=False) if method == "simsiam" else None
 
@@ -98,19 +101,12 @@ class TwoViews:
         crop_h = (area / crop_w).clamp(max=1.0)
         crop_w = area / crop_h
         # The crop centre stays inside the image: offset up to (1 - size) in [-1, 1] units.
-        centre_x = uniform(-1, 1) * (1 - crop_w)
-        centre_y = uniform(-1, 1) * (1 - crop_h)
+        centre = torch.stack([uniform(-1, 1) * (1 - crop_w), uniform(-1, 1) * (1 - crop_h)], dim=1)
         angle = uniform(-self.rotate_deg, self.rotate_deg) * (math.pi / 180)
-        cos, sin = angle.cos(), angle.sin()
-        height, width = x.shape[2], x.shape[3]
-        theta = torch.zeros(n, 2, 3, device=device)
-        theta[:, 0, 0], theta[:, 0, 1] = cos * crop_w, -sin * crop_w * (height / width)
-        theta[:, 1, 0], theta[:, 1, 1] = sin * crop_h * (width / height), cos * crop_h
-        theta[:, 0, 2], theta[:, 1, 2] = centre_x, centre_y
-        if "h" in self.flips:
-            theta[:, :, 0] *= torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)[:, None]
-        if "v" in self.flips:
-            theta[:, :, 1] *= torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)[:, None]
+        theta = crop_theta(crop_w, crop_h, angle, centre, x.shape[2], x.shape[3])
+        for axis, flag in ((0, "h"), (1, "v")):
+            if flag in self.flips:  # mirror the sampling coordinate along that axis for half the images
+                theta[:, :, axis] *= torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)[:, None]
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.jitter:
@@ -123,3 +119,16 @@ class TwoViews:
             noise = torch.randn(x.shape, generator=generator, device=device) * uniform(0, 0.1, 1, 1, 1) * 255
             x = x + noisy * noise
         return x.clamp(0, 255)
+
+
+def crop_theta(crop_w: torch.Tensor, crop_h: torch.Tensor, angle: torch.Tensor, centre: torch.Tensor, height: int,
+               width: int) -> torch.Tensor:
+    """affine_grid matrices (N, 2, 3) that sample a rotated crop: output [-1, 1] coordinates are scaled to the
+    crop's half-sizes (fractions of the image), rotated by `angle` (radians, in pixels: the aspect ratio is
+    undone) and moved to `centre`. Scale first, then rotate, so the crop stays a rectangle."""
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.zeros(len(angle), 2, 3, device=angle.device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * crop_w, -sin * crop_h * (height / width)
+    theta[:, 1, 0], theta[:, 1, 1] = sin * crop_w * (width / height), cos * crop_h
+    theta[:, :, 2] = centre
+    return theta

@@ -40,7 +40,7 @@ from src.engine import (
 from src.errors import UserError
 from src.losses import balanced_class_weights, build_loss
 from src.metrics import compute_metrics, metric_mode
-from src.models import build_model
+from src.models import build_model, check_ssl_weights
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.runs import (
     CHECKPOINT_FORMAT,
@@ -99,6 +99,8 @@ class FoldTrainer:
         check_shares(len(data.train_labels), len(data.val_labels), cfg.batch_size, self.dist, f"fold {fold}")
         seed_everything(derived_seed(cfg.seed, fold))  # the same initial weights on every rank
         num_classes = len(info.classes)
+        if cfg.pretrained:  # every rank: a refusal must stop them all
+            check_ssl_weights(cfg.pretrained, cfg.model, info.spec.height_px, info.spec.width_px)
         self.model = build_model(cfg, info.spec.in_chans, num_classes)
         if cfg.sync_batchnorm and self.dist.enabled:
             if rt.device.type != "cuda":

@@ -13,8 +13,8 @@ from src.config import TrainConfig, config_from_dict
 from src.engine import Runtime
 from src.errors import UserError
 from src.models import build_model
+from src.pretrain_config import PretrainConfig
 from src.pretraining import (
-    PretrainConfig,
     PretrainTrainer,
     backbone_state,
     build_backbone,
@@ -22,9 +22,9 @@ from src.pretraining import (
     load_pretrain_images,
     run_pretraining,
 )
-from src.probe import knn_predict, run_probe
+from src.probe import cross_validate, knn_predict, run_probe
 from src.runs import load_checkpoint
-from src.ssl_parts import TwoViews, nt_xent, simsiam_loss
+from src.ssl_parts import SSLNet, TwoViews, crop_theta, nt_xent, simsiam_loss
 from tests.conftest import make_competition, run_script
 
 CPU = Runtime(torch.device("cpu"), None, False)
@@ -56,7 +56,7 @@ def test_nt_xent_matches_the_papers_definition_and_ignores_scale():
     z1, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     assert nt_xent(z1, z2, 0.3).item() == pytest.approx(nt_xent_by_hand(z1, z2, 0.3), rel=1e-5)
     assert nt_xent(3 * z1, 0.5 * z2, 0.3).item() == pytest.approx(nt_xent(z1, z2, 0.3).item(), rel=1e-5)
-    # Swapping a partner for another image's view makes the pairs harder to find.
+    # Partners that are nearly the same vector are easier to pick out than unrelated ones.
     assert nt_xent(z1, z1 + 0.01 * z2, 0.3) < nt_xent(z1, z2, 0.3)
 
 
@@ -79,6 +79,45 @@ def test_views_are_seeded_in_range_and_identity_without_augmentation():
     assert not torch.equal(a, views(x, torch.Generator().manual_seed(2)))
     plain = TwoViews((1.0, 1.0), 0, 0.0, 0.0, "none")
     torch.testing.assert_close(plain(x, torch.Generator().manual_seed(3)), x, atol=1e-3, rtol=0)
+
+
+def test_crop_is_a_rotated_rectangle_and_without_rotation_a_plain_crop():
+    w, h = torch.tensor([0.5, 0.8]), torch.tensor([0.25, 0.6])
+    angle, centre = torch.tensor([0.7, -0.3]), torch.tensor([[0.1, -0.2], [0.0, 0.3]])
+    theta = crop_theta(w, h, angle, centre, 20, 20)
+    columns = theta[:, :, :2]
+    # Unit steps along the output axes map to perpendicular input steps of the crop's half-sizes.
+    torch.testing.assert_close((columns[:, :, 0] * columns[:, :, 1]).sum(1), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(columns.norm(dim=1), torch.stack([w, h], dim=1))
+    # No rotation, a crop of the left/top half at 2x: the output is that quarter, upsampled by 2.
+    x = torch.arange(16.0).view(1, 1, 4, 4) * 10
+    theta = crop_theta(torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([0.0]), torch.tensor([[-0.5, -0.5]]),
+                       4, 4)
+    grid = torch.nn.functional.affine_grid(theta, [1, 1, 4, 4], align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="nearest", align_corners=False)
+    assert torch.equal(out, x[:, :, :2, :2].repeat_interleave(2, 2).repeat_interleave(2, 3))
+
+
+def test_projector_matches_heads_that_widen_the_features():
+    backbone = build_backbone("mobilenetv3_small_050", 1)  # its head widens 288 -> 1024 features
+    net = SSLNet(backbone, "simclr", 8, 16)
+    x = torch.randn(4, 1, 32, 32)
+    assert torch.isfinite(net.loss(x, x, 0.2))
+
+
+def test_cross_validation_of_the_probes_on_separable_and_random_features():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    fold_of = np.tile(np.arange(5), 6)
+    separable = np.eye(3)[labels] + 0.05 * rng.normal(size=(30, 3))
+    separable /= np.linalg.norm(separable, axis=1, keepdims=True)
+    cfg = PretrainConfig(probe_k=3)
+    rows = cross_validate(separable.astype(np.float32), labels, fold_of, 3, cfg)
+    assert [r["knn_accuracy"] for r in rows] == [1.0] * 5 and [r["linear_accuracy"] for r in rows] == [1.0] * 5
+    assert [r["n_val"] for r in rows] == [6] * 5
+    noise = rng.normal(size=(30, 3)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    assert np.mean([r["knn_accuracy"] for r in cross_validate(noise, labels, fold_of, 3, cfg)]) < 0.7
 
 
 def tiny_cfg(data_dir, out_dir, **changes) -> PretrainConfig:
@@ -104,6 +143,11 @@ def test_images_come_from_train_unlabeled_and_test_folders_never_from_labels(com
     assert set(no_test.split) == {"train"}
     with pytest.raises(UserError, match="image folder not found"):
         list_pretrain_images(tiny_cfg(comp, "unused", image_dir="nope"))
+    # A train folder that holds the test folder: every image once, and no test image without --include-test.
+    whole = list_pretrain_images(tiny_cfg(comp, "unused", image_dir="."))
+    assert len(whole) == 24 and whole.path.is_unique and (whole.split == "test").sum() == 6
+    assert set(list_pretrain_images(tiny_cfg(comp, "unused", image_dir=".", include_test=False)).split) == {"train"}
+    assert len(list_pretrain_images(tiny_cfg(comp, "unused", image_dir=".", include_test=False))) == 18
 
 
 def test_pretraining_never_reads_labels(comp, tmp_path, monkeypatch):
@@ -134,7 +178,6 @@ def test_resume_continues_exactly(comp, tmp_path):
     first.log.append(first.run_epoch(quiet=True))
     first.epoch += 1
     first.save_last()
-    torch.manual_seed(123)  # the resume must restore every RNG itself
     resumed = PretrainTrainer(cfg, tmp_path / "b", data, CPU)
     resumed.resume()
     resumed.fit(quiet=True)
@@ -147,15 +190,62 @@ def test_resume_continues_exactly(comp, tmp_path):
     PretrainTrainer(tiny_cfg(comp, tmp_path, epochs=3, probe_k=5), tmp_path / "b", data, CPU).resume()
 
 
-def test_simsiam_variant_trains_and_changes_the_backbone(comp, tmp_path):
-    cfg = tiny_cfg(comp, tmp_path, method="simsiam", epochs=1)
-    data = load_pretrain_images(cfg, quiet=True)
-    trainer = PretrainTrainer(cfg, tmp_path, data, CPU)
-    before = {k: v.clone() for k, v in trainer.net.backbone.state_dict().items()}
-    row = trainer.run_epoch(quiet=True)
-    assert -1 <= row["loss"] <= 1  # a negative cosine
-    after = trainer.net.backbone.state_dict()
-    assert not torch.equal(before["features.0.0.weight"], after["features.0.0.weight"])
+def test_interrupted_run_resumes_to_the_same_weights_and_a_refused_resume_changes_nothing(comp, tmp_path,
+                                                                                          monkeypatch):
+    straight = run_pretraining(tiny_cfg(comp, tmp_path / "a", epochs=3), False, False, True, CPU)
+    real_epoch = PretrainTrainer.run_epoch
+
+    def interrupted(self, quiet):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, quiet)
+
+    cfg = tiny_cfg(comp, tmp_path / "b", epochs=3)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(PretrainTrainer, "run_epoch", interrupted)
+        run_pretraining(cfg, False, False, True, CPU)
+    out = tmp_path / "b" / "ssl"
+    manifest = (out / "manifest.csv").read_text()
+    (comp / "test" / "cat_0.png").unlink()  # the images change: the resume must refuse and touch nothing
+    with pytest.raises(UserError, match="images changed"):
+        run_pretraining(cfg, True, False, True, CPU)
+    assert (out / "manifest.csv").read_text() == manifest and "resumed" not in (out / "config.json").read_text()
+    make_competition(tmp_path / "again", per_class=2, seed=5)
+    (tmp_path / "again" / "train" / "cat_0.png").rename(comp / "test" / "cat_0.png")
+    resumed = run_pretraining(cfg, True, False, True, CPU)
+    a, b = load_checkpoint(straight)["model"], load_checkpoint(resumed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "resumed" in (out / "config.json").read_text()
+
+
+def test_ssl_weights_must_match_the_model_and_a_size_change_is_reported(comp, tmp_path, capsys):
+    from src.models import check_ssl_weights
+    weights = run_pretraining(tiny_cfg(comp, tmp_path, epochs=1), False, False, True, CPU)
+    capsys.readouterr()
+    check_ssl_weights(weights, "smallcnn", 12, 12)
+    assert capsys.readouterr().out == ""
+    check_ssl_weights(weights, "smallcnn", 24, 24)
+    assert "pretrained at 12x12 px, fine-tuning at 24x24" in capsys.readouterr().out
+    with pytest.raises(UserError, match="use --model smallcnn"):
+        check_ssl_weights(weights, "resnet10t", 12, 12)
+
+
+def test_head_split_handles_timm_heads_given_as_a_tuple():
+    from src.models import head_and_backbone
+
+    class TwoHeads(torch.nn.Module):  # like timm's distilled models: get_classifier returns (head, head_dist)
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.head_dist = (torch.nn.Linear(4, 4), torch.nn.Linear(4, 2),
+                                                    torch.nn.Linear(4, 2))
+
+        def get_classifier(self):
+            return self.head, self.head_dist
+
+    net = TwoHeads()
+    head, backbone = head_and_backbone(net)
+    assert [id(p) for p in head] == [id(p) for p in [*net.head.parameters(), *net.head_dist.parameters()]]
+    assert [id(p) for p in backbone] == [id(p) for p in net.body.parameters()]
 
 
 @pytest.mark.parametrize("model", ["smallcnn", "resnet10t"])
@@ -220,6 +310,14 @@ def test_pretrain_script_then_fine_tune_with_frozen_start(comp, tmp_path):
                       "--backbone-lr-mult", "0.1", "--fold", "0")
     assert proc.returncode == 0, proc.stderr
     assert "pretrained: loaded" in proc.stdout and "new classifier head" in proc.stdout
+    log = pd.read_csv(tmp_path / "runs" / "ft" / "fold0" / "log.csv")
+    assert len(log) == 3
+    # Prediction reads only best.pt; a retrain from this experiment (pseudo-labelling) still knows the weights.
+    from src.predict import Predictor
+    weights = tmp_path / "pre" / "ssl" / "backbone.pt"
+    weights.rename(tmp_path / "moved.pt")
+    predictor = Predictor.load(tmp_path / "runs" / "ft", device="cpu", tta="none", folds=[0])
+    assert predictor.cfg.pretrained == str(weights) and predictor.cfg.freeze_epochs == 1
 
 
 def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
