@@ -146,12 +146,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         y = labels.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        for p in frozen:
-            p.grad = None
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, frozen)
         if ema is not None:
             ema.update(getattr(model, "module", model), step=step + 1)  # the weights, not the DDP wrapper
         loss_sum += loss.detach() * len(y)
@@ -161,6 +156,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     seconds = time.perf_counter() - start
     return {"train_loss": train_loss, "train_seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "steps": step - first_step}
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   frozen: list[nn.Parameter] | tuple = ()) -> None:
+    """Backward through the (fp16-scaled) loss and step; `frozen` parameters get no gradient, so the
+    optimiser skips them entirely (no update, no moments, no weight decay)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for p in frozen:
+        p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from src.atomic import save_figure
 from src.config import HELP, DataFields, check_fields, config_to_dict
 from src.data import ImageSpec
-from src.engine import Runtime
+from src.engine import Runtime, optimizer_step
 from src.errors import UserError
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
@@ -383,10 +383,7 @@ class GeneratorTrainer:
             with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 pred = self.unet(noisy, t, class_labels=cond).sample
             loss = F.mse_loss(pred.float(), target)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            optimizer_step(loss, self.optimizer, self.scaler)
             self.ema.update(self.unet, step=self.step + 1)
             loss_sum += loss.detach() * len(rows)
             seen += len(rows)

@@ -23,7 +23,7 @@ from src.atomic import check_writable, save_figure, write_csv
 from src.config import config_differences, config_to_dict
 from src.cv import REPO, run_dir_action, write_run_record
 from src.data import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
-from src.engine import Runtime, norm_tensors, to_input
+from src.engine import Runtime, norm_tensors, optimizer_step, to_input
 from src.errors import UserError
 from src.models import classifier_prefixes
 from src.pretrain_config import PROBE_KEYS, PretrainConfig, pretrain_dir
@@ -204,10 +204,7 @@ class PretrainTrainer:
                 group["lr"] = lr
             with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 loss = self.net.loss(x1, x2, cfg.temperature)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            optimizer_step(loss, self.optimizer, self.scaler)
             loss_sum += loss.detach() * len(rows)
             seen += len(rows)
             self.step += 1
