@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -168,6 +169,15 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
         p.grad = None
     scaler.step(optimizer)
     scaler.update()
+
+
+def epoch_row(what: str, epoch: int, lr: float, loss_sum: torch.Tensor, seen: int, start: float) -> dict:
+    """The log row of one epoch of a generator or pretraining loop; a non-finite loss is a UserError."""
+    loss = float(loss_sum) / max(seen, 1)  # waits for the device, so the clock below is honest
+    seconds = time.perf_counter() - start
+    if not math.isfinite(loss):
+        raise UserError(f"{what} epoch {epoch}: loss is {loss}; lower --lr")
+    return {"epoch": epoch, "lr": lr, "loss": loss, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()

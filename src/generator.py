@@ -8,7 +8,6 @@ unconditional model is the same network given a "null" class, learnt by dropping
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from src.atomic import save_figure
 from src.config import HELP, DataFields, check_fields, config_to_dict
 from src.data import ImageSpec
-from src.engine import Runtime, optimizer_step
+from src.engine import Runtime, epoch_row, optimizer_step
 from src.errors import UserError
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
@@ -388,12 +387,7 @@ class GeneratorTrainer:
             loss_sum += loss.detach() * len(rows)
             seen += len(rows)
             self.step += 1
-        loss_value = float(loss_sum) / max(seen, 1)
-        seconds = time.perf_counter() - start
-        if not math.isfinite(loss_value):
-            raise UserError(f"generator fold {self.fold} epoch {self.epoch}: loss is {loss_value}; lower --lr")
-        return {"epoch": self.epoch, "lr": lr, "loss": loss_value, "seconds": seconds,
-                "images_per_s": seen / max(seconds, 1e-9)}
+        return epoch_row(f"generator fold {self.fold}", self.epoch, lr, loss_sum, seen, start)
 
     def preview(self, path: Path, per_class: int = 10) -> None:
         """Sample grid from the weight average (same seeds every time, so grids are comparable)."""

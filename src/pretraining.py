@@ -7,7 +7,6 @@ disk: train.csv and folder names are never read here, so no label can reach the 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from src.atomic import check_writable, save_figure, write_csv
 from src.config import config_differences, config_to_dict
 from src.cv import REPO, run_dir_action, write_run_record
 from src.data import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
-from src.engine import Runtime, norm_tensors, optimizer_step, to_input
+from src.engine import Runtime, epoch_row, norm_tensors, optimizer_step, to_input
 from src.errors import UserError
 from src.models import classifier_prefixes
 from src.pretrain_config import PROBE_KEYS, PretrainConfig, pretrain_dir
@@ -208,12 +207,7 @@ class PretrainTrainer:
             loss_sum += loss.detach() * len(rows)
             seen += len(rows)
             self.step += 1
-        loss_value = float(loss_sum) / max(seen, 1)
-        seconds = time.perf_counter() - start
-        if not math.isfinite(loss_value):
-            raise UserError(f"pretrain epoch {self.epoch}: loss is {loss_value}; lower --lr")
-        return {"epoch": self.epoch, "lr": lr, "loss": loss_value, "seconds": seconds,
-                "images_per_s": seen / max(seconds, 1e-9)}
+        return epoch_row("pretrain", self.epoch, lr, loss_sum, seen, start)
 
     def fit(self, quiet: bool) -> None:
         """Train to the last epoch with last.pt after every epoch, then write backbone.pt."""

@@ -360,3 +360,17 @@ def test_freeze_epochs_needs_pretrained_weights():
         config_from_dict({"freeze_epochs": 2}).validate()
     with pytest.raises(UserError, match="must be <"):
         config_from_dict({"freeze_epochs": 15, "pretrained": "x.pt"}).validate()
+
+
+@pytest.mark.slow
+def test_bad_input_fails_in_one_line_before_anything_is_written(comp, tmp_path):
+    out = tmp_path / "pre"
+    cases = [(["--data-dir", str(tmp_path / "nope"), "train"], "data folder not found"),
+             (["--data-dir", str(comp), "--folds-csv", str(tmp_path / "missing.csv")], "file not found"),
+             (["--data-dir", str(comp), "--model", "resnet_nope", "train"], "not a timm model name"),
+             (["--data-dir", str(comp), "--crop-scale-min", "0", "train"], "crop_scale_min must be in")]
+    for args, message in cases:
+        proc = run_script("pretrain.py", *args, "--out-dir", str(out), "--quiet")
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+        assert not out.exists()
