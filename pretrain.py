@@ -29,14 +29,14 @@ def main() -> None:
     from src.runs import markdown_table
 
     if args.command in ("all", "probe"):  # a bad label file or fold file fails now, not after pretraining
-        load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col, cfg.folds_csv)
+        split = load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col, cfg.folds_csv)
     rt = setup_runtime(cfg)
     weights = Path(args.weights) if args.weights else pretrain_dir(cfg) / "backbone.pt"
     if args.command in ("all", "train"):
         weights = run_pretraining(cfg, args.resume, args.overwrite, args.quiet, rt)
         print(f"wrote {weights} (train.py --pretrained {weights})")
     if args.command in ("all", "probe"):
-        frame = run_probe(cfg, weights, rt, args.quiet)
+        frame = run_probe(cfg, split, weights, rt, args.quiet)
         print(markdown_table(probe_summary(frame)))
         print(f"wrote {probe_path(weights, cfg.data_dir)}")
 

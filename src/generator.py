@@ -15,7 +15,6 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
@@ -28,7 +27,7 @@ from src.data import ImageSpec
 from src.engine import Runtime, epoch_row, optimizer_step
 from src.errors import UserError
 from src.repro import derived_seed, rng_state, seed_everything, set_rng_state
-from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
+from src.runs import CHECKPOINT_FORMAT, load_checkpoint, plot_epoch_loss, save_checkpoint, write_log
 from src.schedule import Schedule, lr_factor_at
 
 # Channels per resolution level and residual blocks per level. The first level runs at full resolution
@@ -290,20 +289,6 @@ def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, classes: list[
     plt.close(fig)
 
 
-def plot_loss(path: Path, log: list[dict]) -> None:
-    import matplotlib.pyplot as plt
-
-    frame = pd.DataFrame(log)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(frame["epoch"], frame["loss"], marker="o", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("diffusion loss (MSE)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    save_figure(path, fig)
-    plt.close(fig)
-
-
 class GeneratorTrainer:
     """Owns the UNet, its weight average, optimiser and schedule state for one fold, so training can be
     checkpointed after every epoch and resumed exactly."""
@@ -410,11 +395,11 @@ class GeneratorTrainer:
             write_log(self.out_dir, self.log)
             if every and self.epoch % every == 0 and not self.finished:
                 self.preview(self.out_dir / "previews" / f"epoch{self.epoch - 1:03d}.png")
-                plot_loss(self.out_dir / "loss.png", self.log)
+                plot_epoch_loss(self.out_dir / "loss.png", self.log, "diffusion loss (MSE)", log_scale=True)
             if not quiet or self.finished or self.epoch % 10 == 0:
                 print(f"generator fold {self.fold} epoch {row['epoch']:>3} lr={row['lr']:.2e} loss={row['loss']:.4f} "
                       f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s", flush=True)
-        plot_loss(self.out_dir / "loss.png", self.log)
+        plot_epoch_loss(self.out_dir / "loss.png", self.log, "diffusion loss (MSE)", log_scale=True)
         save_checkpoint(self.out_dir / "generator.pt", {**self.header(), "epoch": self.epoch,
                                                         "unet": self.ema.module.state_dict()})
         self.preview(self.out_dir / "grid.png")

@@ -27,7 +27,7 @@ from src.errors import UserError
 from src.models import classifier_prefixes
 from src.pretrain_config import PROBE_KEYS, PretrainConfig, pretrain_dir
 from src.repro import derived_seed, git_commit, package_versions, rng_state, seed_everything, set_rng_state
-from src.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
+from src.runs import CHECKPOINT_FORMAT, load_checkpoint, plot_epoch_loss, save_checkpoint, write_log
 from src.schedule import Schedule, lr_factor_at
 from src.ssl_parts import SSLNet, TwoViews
 
@@ -221,7 +221,8 @@ class PretrainTrainer:
             if not quiet or self.finished or self.epoch % 10 == 0:
                 print(f"pretrain epoch {row['epoch']:>3} lr={row['lr']:.2e} loss={row['loss']:.4f} "
                       f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s", flush=True)
-        plot_pretrain_loss(self.out_dir / "loss.png", self.log, self.cfg.method)
+        plot_epoch_loss(self.out_dir / "loss.png", self.log,
+                        "NT-Xent loss" if self.cfg.method == "simclr" else "SimSiam loss (negative cosine)")
         self.save_backbone()
 
     def save_backbone(self) -> None:
@@ -246,16 +247,6 @@ class PretrainTrainer:
         fig.suptitle("pretraining views (same seed every run)")
         save_figure(path, fig)
         plt.close(fig)
-
-
-def plot_pretrain_loss(path: Path, log: list[dict], method: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["epoch"] for r in log], [r["loss"] for r in log], marker=".")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("NT-Xent loss" if method == "simclr" else "SimSiam loss (negative cosine)")
-    ax.grid(alpha=0.3)
-    save_figure(path, fig)
-    plt.close(fig)
 
 
 def write_manifest(out_dir: Path, data: PretrainImages) -> None:

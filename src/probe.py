@@ -18,8 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from src.atomic import write_csv, write_text
-from src.cv import load_split
-from src.data import ImageSpec, decode_all, to_array
+from src.data import ImageSpec, LabelTable, decode_all, to_array
 from src.engine import Runtime, norm_tensors, to_input
 from src.errors import UserError
 from src.models import classifier_prefixes
@@ -79,14 +78,15 @@ def cross_validate(features: np.ndarray, labels: np.ndarray, fold_of: np.ndarray
     return rows
 
 
-def run_probe(cfg: PretrainConfig, weights: Path, rt: Runtime, quiet: bool) -> pd.DataFrame:
-    """Probe `weights` (a pretrain.py backbone.pt) and the same network at its initial weights; writes
-    probe.csv and probe.md beside the weights and returns the per-fold table."""
+def run_probe(cfg: PretrainConfig, split: tuple[LabelTable, np.ndarray, Path], weights: Path, rt: Runtime,
+              quiet: bool) -> pd.DataFrame:
+    """Probe `weights` (a pretrain.py backbone.pt) and the same network at its initial weights on the labelled
+    rows of `split` (cv.load_split's table, fold per row, fold file); writes probe_<data>.md/.csv beside the
+    weights and returns the per-fold table."""
     state = load_checkpoint(weights)
     if state.get("kind") != "ssl":
         raise UserError(f"{weights}: not a pretrain.py backbone file")
-    table, fold_of, folds_path = load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col,
-                                            cfg.folds_csv)
+    table, fold_of, folds_path = split
     made = state["config"]
     spec = ImageSpec(**state["image_spec"])
     images = to_array(decode_all(table.paths, quiet=quiet), spec, made["resize_interp"])

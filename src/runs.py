@@ -95,6 +95,19 @@ def write_log(run_dir: Path, rows: list[dict]) -> None:
     write_csv(run_dir / "log.csv", pd.DataFrame(rows))
 
 
+def plot_epoch_loss(path: Path, log: list[dict], ylabel: str, log_scale: bool = False) -> None:
+    """loss.png of a loop that logs one loss per epoch (the generator, pretraining)."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([r["epoch"] for r in log], [r["loss"] for r in log], marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
 def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_planned: np.ndarray, steps_per_epoch: int,
                 monitor: str) -> None:
     """curves.png: train/val loss, the monitored metric, and the LR: the schedule's curve per optimiser

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from src.config import TrainConfig, config_from_dict
+from src.cv import load_split
 from src.engine import Runtime
 from src.errors import UserError
 from src.models import build_model
@@ -277,7 +278,8 @@ def test_probe_reports_initial_and_pretrained_weights_per_fold(comp, tmp_path):
     proc = run_script("make_folds.py", "--data-dir", str(comp), "--out", str(folds), "--n-folds", "3", "--quiet")
     assert proc.returncode == 0, proc.stderr
     cfg = tiny_cfg(comp, tmp_path, folds_csv=str(folds), epochs=1)
-    frame = run_probe(cfg, run_pretraining(cfg, False, False, True, CPU), CPU, quiet=True)
+    split = load_split(str(comp), "train.csv", "train", "image", "label", str(folds))
+    frame = run_probe(cfg, split, run_pretraining(cfg, False, False, True, CPU), CPU, quiet=True)
     assert frame.weights.tolist() == ["initial weights"] * 3 + ["pretrained"] * 3
     assert frame.n_val.sum() == 2 * 18 and frame.knn_accuracy.between(0, 1).all()
     assert (tmp_path / "ssl" / "probe_comp.md").is_file() and (tmp_path / "ssl" / "probe_comp.csv").is_file()
