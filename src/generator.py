@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from src.atomic import save_figure
-from src.config import HELP, DataFields, check_fields, config_to_dict
+from src.config import HELP, INF, DataFields, check_fields, config_to_dict
 from src.data import ImageSpec
 from src.engine import Runtime, epoch_row, optimizer_step
 from src.errors import UserError
@@ -76,7 +76,6 @@ GEN_HELP = {
     "deterministic": "bit-exact repeatable runs",
     "threads": "torch CPU threads; 0 = all cores",
 }
-INF = float("inf")
 
 
 @dataclass

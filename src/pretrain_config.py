@@ -5,10 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from src.config import HELP, check_fields
+from src.config import HELP, INF, check_fields
 from src.errors import UserError
 
-INF = float("inf")
 # Keys that only change the quality check after pretraining: a resume does not compare them.
 PROBE_KEYS = ("train_csv", "id_col", "label_col", "folds_csv", "probe_k", "probe_temperature")
 
