@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from src.cli import quiet_default, run_main
+from src.core.cli import quiet_default, run_main
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for scoring")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.ablation import job_lines, load_spec, parse_seeds, run_all
+    from src.compare.plan import job_lines, load_spec, parse_seeds, run_all
 
     spec = load_spec(args.spec)
     overrides = {k: v for k, v in {"name": args.name, "folds": args.folds, "ci": args.ci}.items() if v}
@@ -40,7 +40,7 @@ def main() -> None:
         print("\n".join(job_lines(spec)))
         return
     failed = [] if args.collect else run_all(spec, args.quiet)
-    from src.ablation_report import collect, write_report
+    from src.compare.report import collect, write_report
     summary, path = write_report(spec, collect(spec, args.device, args.quiet))
     print(path.read_text())
     if failed:

@@ -10,7 +10,7 @@ budget, and scores the whole test set (solution.csv). Reports the labels each st
 import argparse
 from pathlib import Path
 
-from src.cli import quiet_default, run_main
+from src.core.cli import quiet_default, run_main
 
 
 def main() -> None:
@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="reports", help="writes <out-dir>/active_learning_<name>.*")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no per-round lines")
     args = parser.parse_args()
-    from src.active import run_active_learning
-    from src.errors import UserError
+    from src.core.errors import UserError
+    from src.labels.active import run_active_learning
 
     if args.batch < 1 or args.rounds < 1 or args.train_images < 1 or not 0 < args.target <= 1:
         raise UserError("need --batch, --rounds and --train-images >= 1 and 0 < --target <= 1")

@@ -11,7 +11,7 @@ Read the reviews (CSVs or a Label Studio JSON export) back with import_reviews.p
 import argparse
 from pathlib import Path
 
-from src.cli import quiet_default, run_main
+from src.core.cli import quiet_default, run_main
 
 
 def main() -> None:
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.errors import UserError
-    from src.knn_label import AutoLabelRule, run_auto_label
-    from src.runs import exp_dir
+    from src.core.errors import UserError
+    from src.core.rundir import exp_dir
+    from src.labels.knn import AutoLabelRule, run_auto_label
 
     if args.k < 1 or not 0 < args.min_agreement <= 1 or not 0 <= args.min_confidence <= 1 \
             or not 0 <= args.control_share <= 1:

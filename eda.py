@@ -7,7 +7,7 @@ with label conflicts first; files that cannot be read (listed, not fatal).
 import argparse
 from pathlib import Path
 
-from src.cli import quiet_default, run_main
+from src.core.cli import quiet_default, run_main
 
 
 def main() -> None:
@@ -28,9 +28,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="which sample images are shown")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.data import read_train_table
-    from src.eda import run_eda
-    from src.errors import UserError
+    from src.core.errors import UserError
+    from src.data.contract import read_train_table
+    from src.data.eda import run_eda
 
     if not 0 <= args.hash_bits <= 16:
         raise UserError(f"--hash-bits {args.hash_bits}: use 0..16 (more would compare almost every pair)")

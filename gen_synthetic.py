@@ -5,9 +5,9 @@ filtered by a classifier when one is given), report (Classification Accuracy Sco
 """
 import argparse
 
-from src.cli import quiet_default, run_main
-from src.config import add_config_flags, config_from_args
-from src.generator import GenConfig
+from src.core.cli import quiet_default, run_main
+from src.core.config import add_config_flags, config_from_args
+from src.synthetic.config import GenConfig
 
 
 def main() -> None:
@@ -20,8 +20,8 @@ def main() -> None:
     add_config_flags(parser, GenConfig)
     args = parser.parse_args()
     cfg = config_from_args(args, GenConfig)
-    from src.folds import parse_fold_arg  # heavy imports only once the arguments are known to be valid
-    from src.synthesis import load_fold_images, run_command
+    from src.data.folds import parse_fold_arg  # heavy imports only once the arguments are known to be valid
+    from src.synthetic.commands import load_fold_images, run_command
 
     data = load_fold_images(cfg, args.quiet)
     folds = parse_fold_arg(args.fold, int(data.fold_of.max()) + 1)

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from src.cli import run_main
+from src.core.cli import run_main
 
 
 def main() -> None:
@@ -25,9 +25,9 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
 
-    from src.atomic import write_csv
-    from src.errors import UserError
-    from src.review import control_accuracy, majority_vote, merge_labels, read_reviews
+    from src.core.atomic import write_csv
+    from src.core.errors import UserError
+    from src.labels.review import control_accuracy, majority_vote, merge_labels, read_reviews
 
     queue_dir = Path(args.queue_dir)
     if not (queue_dir / "queue.json").is_file():

@@ -7,8 +7,8 @@
 import argparse
 import dataclasses
 
-from src.cli import quiet_default, run_main
-from src.inference import InferOptions, make_submission, predict_files
+from src.core.cli import quiet_default, run_main
+from src.infer.pipeline import InferOptions, make_submission, predict_files
 
 CHOICES = {"blend": ["mean", "fitted"], "device": ["auto", "cpu", "cuda"]}
 HELP = {

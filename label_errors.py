@@ -7,7 +7,7 @@ python label_errors.py --apply fixes.csv --data-dir data/mnist5k --out data/mnis
 import argparse
 from pathlib import Path
 
-from src.cli import run_main
+from src.core.cli import run_main
 
 
 def main() -> None:
@@ -25,12 +25,12 @@ def main() -> None:
     parser.add_argument("--label-col", default="label", help="with --apply: its label column")
     parser.add_argument("--out", default="", help="with --apply: the new train CSV (never the original)")
     args = parser.parse_args()
-    from src.errors import UserError
+    from src.core.errors import UserError
 
     if args.apply:
         if not args.out or not args.data_dir:
             raise UserError("--apply needs --data-dir (where train.csv is) and --out (the new CSV to write)")
-        from src.label_errors import apply_corrections
+        from src.labels.issues import apply_corrections
         changes = apply_corrections(Path(args.data_dir) / args.train_csv, Path(args.apply), Path(args.out),
                                     args.id_col, args.label_col)
         print(f"wrote {args.out} ({len(changes)} labels changed; record in "
@@ -38,8 +38,8 @@ def main() -> None:
         return
     if not args.exp:
         raise UserError("name the experiment to rank with: --exp NAME (or --apply a corrections CSV)")
-    from src.data import read_train_table
-    from src.label_errors import experiment_oof, label_issue_table, truth_recall, write_label_report
+    from src.data.contract import read_train_table
+    from src.labels.issues import experiment_oof, label_issue_table, truth_recall, write_label_report
 
     oof, classes, record = experiment_oof(Path(args.runs_dir) / args.exp)
     config = record["config"]

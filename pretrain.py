@@ -7,9 +7,9 @@ frozen features on the labelled rows, cross-validated over the fold file. all: b
 import argparse
 from pathlib import Path
 
-from src.cli import quiet_default, run_main
-from src.config import add_config_flags, config_from_args
-from src.pretrain_config import PretrainConfig, pretrain_dir
+from src.core.cli import quiet_default, run_main
+from src.core.config import add_config_flags, config_from_args
+from src.pretrain.config import PretrainConfig, pretrain_dir
 
 
 def main() -> None:
@@ -22,11 +22,11 @@ def main() -> None:
     add_config_flags(parser, PretrainConfig)
     args = parser.parse_args()
     cfg = config_from_args(args, PretrainConfig)
-    from src.cv import load_split  # heavy imports (torch, timm) only once the arguments are known to be valid
-    from src.engine import setup_runtime
-    from src.pretraining import run_pretraining
-    from src.probe import probe_path, probe_summary, run_probe
-    from src.runs import markdown_table
+    from src.core.tables import markdown_table
+    from src.pretrain.probe import probe_path, probe_summary, run_probe
+    from src.pretrain.trainer import run_pretraining
+    from src.train.cv import load_split  # heavy imports (torch, timm) only once the arguments are known to be valid
+    from src.train.engine import setup_runtime
 
     if args.command in ("all", "probe"):  # a bad label file or fold file fails now, not after pretraining
         split = load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col, cfg.folds_csv)

@@ -7,10 +7,10 @@ fold's training split, retrain every fold, repeat.
 import argparse
 import dataclasses
 
-from src.cli import quiet_default, run_main
-from src.errors import UserError
-from src.pseudo import per_round
-from src.pseudo_loop import PseudoOptions, run_rounds
+from src.core.cli import quiet_default, run_main
+from src.core.errors import UserError
+from src.pseudo.rounds import PseudoOptions, run_rounds
+from src.pseudo.select import per_round
 
 HELP = {
     "rounds": "rounds of label -> retrain; round r trains <exp>-pl<r> (finished folds are reused on a re-run)",

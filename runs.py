@@ -7,7 +7,7 @@ minutes and when it last trained. Printed, and written as <out>.md and <out>.csv
 import argparse
 from pathlib import Path
 
-from src.cli import run_main
+from src.core.cli import run_main
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
 
-    from src.run_table import config_diff, run_table, table_text, write_run_table
+    from src.compare.run_table import config_diff, run_table, table_text, write_run_table
 
     pd.set_option("display.width", 250, "display.max_colwidth", 80)
     if args.diff:

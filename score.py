@@ -4,7 +4,7 @@
 """
 import argparse
 
-from src.cli import run_main
+from src.core.cli import run_main
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     from pathlib import Path
 
-    from src.submission import score_submission
+    from src.infer.submission import score_submission
     scores = score_submission(Path(args.submission), Path(args.solution), args.metric)
     parts = "  ".join(f"{part} {scores[part]:.4f}" for part in ("public", "private") if part in scores)
     print(f"{args.submission}: {scores['metric']} {parts}")

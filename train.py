@@ -4,8 +4,9 @@ Without --fold the fold comes from $KIT_FOLD or $SLURM_ARRAY_TASK_ID (one fold p
 Data-parallel on several GPUs (or CPU processes): torchrun --nproc-per-node N train.py --fold 0."""
 import argparse
 
-from src.cli import quiet_default, run_main
-from src.config import add_config_flags, config_from_args
+from src.core.cli import quiet_default, run_main
+from src.core.config import add_config_flags, config_from_args
+from src.train.config import TrainConfig
 
 
 def main() -> None:
@@ -16,17 +17,17 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing run directories")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    add_config_flags(parser)
+    add_config_flags(parser, TrainConfig)
     args = parser.parse_args()
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, TrainConfig)
     if args.print_config:
         import json
 
-        from src.config import config_to_dict
+        from src.core.config import config_to_dict
         print(json.dumps(config_to_dict(cfg), indent=2))
         return
-    from src.cv import train_folds  # heavy imports only once the arguments are known to be valid
-    from src.folds import fold_from_env
+    from src.data.folds import fold_from_env
+    from src.train.cv import train_folds  # heavy imports only once the arguments are known to be valid
     fold, source = fold_from_env(args.fold)
     train_folds(cfg, fold, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, fold_source=source)
 

@@ -15,19 +15,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
 
-from src.atomic import write_text  # noqa: E402
-from src.config import TrainConfig  # noqa: E402
-from src.data import ImageSpec, channel_stats  # noqa: E402
-from src.demo import load_mnist5k  # noqa: E402
-from src.engine import norm_tensors, predict_probs, setup_runtime  # noqa: E402
-from src.models import build_model  # noqa: E402
-from src.runs import markdown_table  # noqa: E402
-from src.trainer import DataInfo, FoldData, FoldTrainer  # noqa: E402
+from src.core.atomic import write_text
+from src.core.tables import markdown_table
+from src.data.demo import load_mnist5k
+from src.data.images import ImageSpec, channel_stats
+from src.train.config import TrainConfig
+from src.train.engine import norm_tensors, predict_probs, setup_runtime
+from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
+from src.train.models import build_model
 
 N_TRAIN = 3200
 

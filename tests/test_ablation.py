@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.ablation import job_lines, load_spec, plan_runs, regimes, spec_from_dict, unique_runs
-from src.ablation_report import ENSEMBLE, markdown_report, summarize
-from src.errors import UserError
+from src.compare.plan import job_lines, load_spec, plan_runs, regimes, spec_from_dict, unique_runs
+from src.compare.report import ENSEMBLE, markdown_report, summarize
+from src.core.errors import UserError
 
 SPEC = {"name": "t", "data_dir": "data/x", "seeds": [1, 2], "folds": "0,1", "train": "--epochs 1",
         "arms": {"real": {}, "heavy": {"train": "--augment heavy"}, "tta": {"tta": "auto"}}}

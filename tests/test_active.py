@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from conftest import run_script
 
-import src.active as active
-from src.config import TrainConfig
+import src.labels.active as active
+from src.train.config import TrainConfig
 
 
 def fake_pool(n_pool=40):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.augment import BatchAffine, build_batch_augment, build_transforms
+from src.data.augment import BatchAffine, build_batch_augment, build_transforms
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import make_competition, run_script
 
-from src.folds import make_fold_file
+from src.data.folds import make_fold_file
 
 pytestmark = pytest.mark.slow
 

@@ -4,26 +4,27 @@ import json
 import pytest
 from conftest import REPO, run_script
 
-from src.config import TrainConfig, add_config_flags, config_from_args, config_from_dict
-from src.errors import UserError
+from src.core.config import add_config_flags, config_from_args, config_from_dict
+from src.core.errors import UserError
+from src.train.config import TrainConfig
 
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
-    return config_from_args(parser.parse_args(argv))
+    add_config_flags(parser, TrainConfig)
+    return config_from_args(parser.parse_args(argv), TrainConfig)
 
 
 def test_unknown_key_is_an_error_with_a_suggestion():
     with pytest.raises(UserError, match=r"unknown key 'lrr' \(did you mean 'lr'\?\)"):
-        config_from_dict({"lrr": 0.1})
+        config_from_dict({"lrr": 0.1}, TrainConfig)
 
 
 def test_wrong_type_in_config_file_is_an_error():
     with pytest.raises(UserError, match="'epochs' must be int"):
-        config_from_dict({"epochs": "ten"})
+        config_from_dict({"epochs": "ten"}, TrainConfig)
     with pytest.raises(UserError, match="'amp' must be bool"):
-        config_from_dict({"amp": 1})
+        config_from_dict({"amp": 1}, TrainConfig)
 
 
 def test_command_line_overrides_config_file_overrides_defaults(tmp_path):
@@ -86,10 +87,10 @@ def test_demo_config_is_the_defaults_spelled_out():
 def test_config_differences_fill_missing_keys_with_defaults_and_ignore_logging():
     from dataclasses import asdict
 
-    from src.config import config_differences
+    from src.core.config import config_differences
     now = asdict(TrainConfig())
     older = {k: v for k, v in now.items() if k not in ("sync_batchnorm", "tensorboard")}  # written before they existed
-    assert config_differences(older, now) == []
-    assert config_differences({**now, "tensorboard": False}, now) == []  # logging only
-    assert config_differences({**older, "lr": 0.5}, now) == ["lr"]
-    assert config_differences({**now, "sync_batchnorm": True}, older) == ["sync_batchnorm"]
+    assert config_differences(older, now, TrainConfig) == []
+    assert config_differences({**now, "tensorboard": False}, now, TrainConfig) == []  # logging only
+    assert config_differences({**older, "lr": 0.5}, now, TrainConfig) == ["lr"]
+    assert config_differences({**now, "sync_batchnorm": True}, older, TrainConfig) == ["sync_batchnorm"]

@@ -5,15 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data import (
-    channel_stats,
-    decode_image,
-    infer_spec,
-    read_train_table,
-    sort_classes,
-    to_array,
-)
-from src.errors import UserError
+from src.core.errors import UserError
+from src.data.contract import read_train_table, sort_classes
+from src.data.images import channel_stats, decode_image, infer_spec, to_array
 
 
 def read(root):

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, TINY, train
 from test_scripts import kill_after_epoch, metrics
 
-from src.metrics import compute_metrics
+from src.core.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from test_trainer import make_trainer
 
-from src.distributed import Dist, ShardedBatches, check_shares, dist_from_env, rank_share
-from src.engine import Runtime
-from src.errors import UserError
-from src.folds import fold_from_env
+from src.core.errors import UserError
+from src.data.folds import fold_from_env
+from src.train.distributed import Dist, ShardedBatches, check_shares, dist_from_env, rank_share
+from src.train.engine import Runtime
 
 
 def test_ranks_split_the_single_process_batches_exactly():
@@ -82,7 +82,7 @@ def test_slurm_line_runner_runs_the_array_tasks_line(tmp_path):
 
 
 def test_train_loader_ranks_together_see_exactly_the_single_process_batches():
-    from src.engine import ArrayBatches, train_loader
+    from src.train.engine import ArrayBatches, train_loader
     images, labels = np.zeros((50, 4, 4, 1), np.uint8), np.arange(50)  # label = row number
 
     def batches(info):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import run_script
 
-from src.eda import dhash, drift_table, hamming_pairs
+from src.data.eda import dhash, drift_table, hamming_pairs
 
 
 def noise_competition(root, n=24, size_px=32, seed=0):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.ensemble import blend, fit_weights, nested_blend
+from src.infer.ensemble import blend, fit_weights, nested_blend
 
 
 def noisy_probs(y, noise, seed):

@@ -5,15 +5,9 @@ import pandas as pd
 import pytest
 from conftest import make_competition
 
-from src.data import read_train_table
-from src.errors import UserError
-from src.folds import (
-    assign_folds,
-    connected_groups,
-    make_fold_file,
-    parse_fold_arg,
-    read_folds,
-)
+from src.core.errors import UserError
+from src.data.contract import read_train_table
+from src.data.folds import assign_folds, connected_groups, make_fold_file, parse_fold_arg, read_folds
 
 
 def test_folds_are_stratified_and_deterministic():

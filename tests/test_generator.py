@@ -6,28 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import config_from_dict
-from src.data import ImageSpec
-from src.engine import Runtime
-from src.errors import UserError
-from src.generator import (
-    GenConfig,
-    GeneratorTrainer,
-    build_noise_scheduler,
-    diffusion_target,
-    load_generator,
-    sample_images,
-    sample_seeds,
-)
-from src.synthetic import (
-    apply_filter,
-    kept_table,
-    load_synthetic_rows,
-    new_manifest,
-    read_sample_dir,
-    select_rows,
-    write_samples,
-)
+from src.core.config import config_from_dict
+from src.core.errors import UserError
+from src.data.extra_rows import load_synthetic_rows, read_sample_dir, select_rows
+from src.data.images import ImageSpec
+from src.synthetic.config import GenConfig
+from src.synthetic.diffusion import build_noise_scheduler, diffusion_target, sample_images, sample_seeds
+from src.synthetic.generator import GeneratorTrainer, load_generator
+from src.synthetic.samples import apply_filter, kept_table, new_manifest, write_samples
+from src.train.engine import Runtime
 
 CPU = Runtime(torch.device("cpu"), None, False)
 CLASSES = ["a", "b", "c"]

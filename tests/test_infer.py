@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import make_competition, run_script, train
 
-from src.predict import Predictor
+from src.infer.predictor import Predictor
 
 pytestmark = pytest.mark.slow
 

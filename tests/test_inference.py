@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from src.errors import UserError
-from src.inference import chosen_mean, with_identity
-from src.predict import parse_threshold
+from src.core.errors import UserError
+from src.infer.pipeline import chosen_mean, with_identity
+from src.infer.predictor import parse_threshold
 
 
 def test_threshold_parsing():

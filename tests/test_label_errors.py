@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from conftest import run_script, train
 
-from src.errors import UserError
-from src.label_errors import apply_corrections, label_issue_table, rank_label_issues, truth_recall
+from src.core.errors import UserError
+from src.labels.issues import apply_corrections, label_issue_table, rank_label_issues, truth_recall
 
 
 def noisy_probs(n=200, k=4, flips=(3, 50, 120), seed=0):

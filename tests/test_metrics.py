@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.metrics import accuracy, compute_metrics, eer, logloss, macro_f1, roc_auc
+from src.core.metrics import accuracy, compute_metrics, eer, logloss, macro_f1, roc_auc
 
 
 def binary_probs(scores):

@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.config import TrainConfig
-from src.engine import build_optimizer
-from src.errors import UserError
-from src.losses import FocalLoss, balanced_class_weights, build_loss
-from src.models import build_model
+from src.core.errors import UserError
+from src.train.config import TrainConfig
+from src.train.engine import build_optimizer
+from src.train.losses import FocalLoss, balanced_class_weights, build_loss
+from src.train.models import build_model
 
 
 def test_smallcnn_is_a_timm_model_for_any_channels_and_classes():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from src.paired import paired_ci, verdict
+from src.compare.paired import paired_ci, verdict
 
 
 def test_t_interval_matches_the_textbook_value():

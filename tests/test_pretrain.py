@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import TrainConfig, config_from_dict
-from src.cv import load_split
-from src.engine import Runtime
-from src.errors import UserError
-from src.models import build_model
-from src.pretrain_config import PretrainConfig
-from src.pretraining import (
+from src.core.config import config_from_dict
+from src.core.errors import UserError
+from src.core.rundir import load_checkpoint
+from src.pretrain.config import PretrainConfig
+from src.pretrain.probe import cross_validate, knn_predict, run_probe
+from src.pretrain.ssl import SSLNet, TwoViews, crop_theta, nt_xent, simsiam_loss
+from src.pretrain.trainer import (
     PretrainTrainer,
     backbone_state,
     build_backbone,
@@ -23,9 +23,10 @@ from src.pretraining import (
     load_pretrain_images,
     run_pretraining,
 )
-from src.probe import cross_validate, knn_predict, run_probe
-from src.runs import load_checkpoint
-from src.ssl_parts import SSLNet, TwoViews, crop_theta, nt_xent, simsiam_loss
+from src.train.config import TrainConfig
+from src.train.cv import load_split
+from src.train.engine import Runtime
+from src.train.models import build_model
 from tests.conftest import make_competition, run_script
 
 CPU = Runtime(torch.device("cpu"), None, False)
@@ -220,7 +221,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_a_refused_resume_change
 
 
 def test_ssl_weights_must_match_the_model_and_a_size_change_is_reported(comp, tmp_path, capsys):
-    from src.models import check_ssl_weights
+    from src.train.models import check_ssl_weights
     weights = run_pretraining(tiny_cfg(comp, tmp_path, epochs=1), False, False, True, CPU)
     capsys.readouterr()
     check_ssl_weights(weights, "smallcnn", 12, 12)
@@ -232,7 +233,7 @@ def test_ssl_weights_must_match_the_model_and_a_size_change_is_reported(comp, tm
 
 
 def test_head_split_handles_timm_heads_given_as_a_tuple():
-    from src.models import head_and_backbone
+    from src.train.models import head_and_backbone
 
     class TwoHeads(torch.nn.Module):  # like timm's distilled models: get_classifier returns (head, head_dist)
         def __init__(self):
@@ -315,7 +316,7 @@ def test_pretrain_script_then_fine_tune_with_frozen_start(comp, tmp_path):
     log = pd.read_csv(tmp_path / "runs" / "ft" / "fold0" / "log.csv")
     assert len(log) == 3
     # Prediction reads only best.pt; a retrain from this experiment (pseudo-labelling) still knows the weights.
-    from src.predict import Predictor
+    from src.infer.predictor import Predictor
     weights = tmp_path / "pre" / "ssl" / "backbone.pt"
     weights.rename(tmp_path / "moved.pt")
     predictor = Predictor.load(tmp_path / "runs" / "ft", device="cpu", tta="none", folds=[0])
@@ -323,7 +324,7 @@ def test_pretrain_script_then_fine_tune_with_frozen_start(comp, tmp_path):
 
 
 def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
-    from src.engine import build_optimizer
+    from src.train.engine import build_optimizer
     net = build_backbone("smallcnn", 1)
     net.reset_classifier(3)
     cfg = TrainConfig(lr=1e-2, backbone_lr_mult=0.25)
@@ -336,7 +337,7 @@ def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
 
 
 def test_frozen_epoch_trains_only_the_head_and_keeps_batchnorm_statistics():
-    from src.engine import build_optimizer, train_one_epoch
+    from src.train.engine import build_optimizer, train_one_epoch
     torch.manual_seed(0)
     net = build_backbone("smallcnn", 1)
     net.reset_classifier(3)
@@ -359,9 +360,9 @@ def test_frozen_epoch_trains_only_the_head_and_keeps_batchnorm_statistics():
 
 def test_freeze_epochs_needs_pretrained_weights():
     with pytest.raises(UserError, match="freeze_epochs needs pretrained"):
-        config_from_dict({"freeze_epochs": 2}).validate()
+        config_from_dict({"freeze_epochs": 2}, TrainConfig).validate()
     with pytest.raises(UserError, match="must be <"):
-        config_from_dict({"freeze_epochs": 15, "pretrained": "x.pt"}).validate()
+        config_from_dict({"freeze_epochs": 15, "pretrained": "x.pt"}, TrainConfig).validate()
 
 
 @pytest.mark.slow

@@ -7,17 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data import ImageSpec, LabelTable
-from src.errors import UserError
-from src.pseudo import (
-    load_pseudo_rows,
-    per_round,
-    pseudo_frame,
-    read_pseudo_dir,
-    select_confident,
-    selection_table,
-    soft_targets,
-)
+from src.core.errors import UserError
+from src.data.contract import LabelTable
+from src.data.extra_rows import load_pseudo_rows, read_pseudo_dir, soft_targets
+from src.data.images import ImageSpec
+from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
 
 PROBS = np.array([[0.95, 0.05], [0.70, 0.30], [0.99, 0.01], [0.10, 0.90], [0.92, 0.08], [0.40, 0.60]])
 

@@ -4,9 +4,9 @@ import re
 
 from conftest import REPO, run_script
 
-from src.config import TrainConfig
-from src.generator import GenConfig
-from src.pretraining import PretrainConfig
+from src.pretrain.config import PretrainConfig
+from src.synthetic.config import GenConfig
+from src.train.config import TrainConfig
 
 README = (REPO / "README.md").read_text()
 

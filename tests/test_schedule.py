@@ -2,14 +2,8 @@ import math
 
 import pytest
 
-from src.config import TrainConfig
-from src.schedule import (
-    EarlyStopping,
-    PlateauScale,
-    Schedule,
-    build_schedule,
-    lr_factor_at,
-)
+from src.train.config import TrainConfig
+from src.train.schedule import EarlyStopping, PlateauScale, Schedule, build_schedule, lr_factor_at
 
 
 def sched(kind, total=100, warmup=10, min_ratio=0.01, every=30, gamma=0.1):

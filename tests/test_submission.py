@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.errors import UserError
-from src.submission import build_submission, read_sample, read_solution, score_frame
+from src.core.errors import UserError
+from src.infer.submission import build_submission, read_sample, read_solution, score_frame
 
 CLASSES = ["cat", "dog", "owl"]
 

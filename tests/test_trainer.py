@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import TrainConfig
-from src.data import ImageSpec
-from src.engine import setup_runtime
-from src.errors import UserError
-from src.runs import load_checkpoint, write_oof
-from src.trainer import DataInfo, FoldData, FoldTrainer, NonFiniteLoss
+from src.core.errors import UserError
+from src.core.rundir import load_checkpoint, write_oof
+from src.data.images import ImageSpec
+from src.train.config import TrainConfig
+from src.train.engine import setup_runtime
+from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer, NonFiniteLoss
 
 
 def binary_task(n=64, size_px=24, seed=0):
@@ -93,7 +93,8 @@ def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path)
 
 
 def test_oof_summary_skips_folds_from_another_config(tmp_path):
-    from src.runs import counted_oof, summarize_oof, write_json
+    from src.core.rundir import write_json
+    from src.train.cv import counted_oof, summarize_oof
     classes = ["neg", "pos"]
     for k, lr in ((0, 0.1), (1, 0.1), (2, 0.5)):
         run = tmp_path / f"fold{k}"

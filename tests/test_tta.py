@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.errors import UserError
-from src.tta import VIEWS, candidate_views, greedy_views, parse_views, shift
+from src.core.errors import UserError
+from src.infer.tta import VIEWS, candidate_views, greedy_views, parse_views, shift
 
 
 @pytest.fixture

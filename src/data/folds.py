@@ -1,0 +1,165 @@
+"""Cross-validation folds: stratified, optionally grouped, with exact duplicates kept together."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from src.core.atomic import write_csv
+from src.core.errors import UserError
+from src.data.contract import LabelTable, read_csv_checked, read_train_table
+from src.data.images import decode_all, pixel_hash
+
+
+def check_class_counts(labels: np.ndarray, classes: list[str], n_folds: int, source: str) -> None:
+    """Every class needs at least one image per fold, or some validation split misses it."""
+    counts = np.bincount(labels, minlength=len(classes))
+    for k, count in enumerate(counts):
+        if count < n_folds:
+            raise UserError(f"{source}: class {classes[k]!r} has {count} image(s), fewer than {n_folds} folds; "
+                            f"add images, merge the class or use fewer folds")
+
+
+def connected_groups(*keys: list) -> np.ndarray:
+    """Group ids such that rows sharing any key (e.g. a group column or an image hash) share a group."""
+    n = len(keys[0])
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for key in keys:
+        first_seen: dict = {}
+        for i, value in enumerate(key):
+            j = first_seen.setdefault(value, i)
+            parent[find(i)] = find(j)
+    roots = [find(i) for i in range(n)]
+    _, group_ids = np.unique(roots, return_inverse=True)
+    return group_ids
+
+
+def assign_folds(labels: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index per row; StratifiedGroupKFold when some rows must stay together."""
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    if groups is None or len(np.unique(groups)) == len(groups):
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(labels)), labels)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(labels)), labels, groups)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return fold
+
+
+def folds_frame(table: LabelTable, fold: np.ndarray, id_col: str, label_col: str) -> pd.DataFrame:
+    return pd.DataFrame({id_col: table.ids, label_col: [table.classes[i] for i in table.labels], "fold": fold})
+
+
+def read_folds(path: str | Path, table: LabelTable, id_col: str, label_col: str) -> np.ndarray:
+    """Fold index per row of `table`; the fold file must list exactly its ids with the same labels."""
+    path = Path(path)
+    frame = read_csv_checked(path, [id_col, label_col, "fold"])
+    if frame[id_col].duplicated().any():
+        dup = frame[id_col][frame[id_col].duplicated()].iloc[0]
+        raise UserError(f"{path}: id {dup!r} appears twice")
+    by_id = frame.set_index(id_col)
+    missing = [i for i in table.ids if i not in by_id.index]
+    extra = sorted(set(by_id.index) - set(table.ids))
+    if missing or extra:
+        what = f"{len(missing)} train id(s) missing (e.g. {missing[0]!r})" if missing else \
+            f"{len(extra)} id(s) not in {table.source.name} (e.g. {extra[0]!r})"
+        raise UserError(f"{path}: does not match {table.source}: {what}; re-run make_folds.py")
+    rows = by_id.loc[table.ids]
+    given = [table.classes[i] for i in table.labels]
+    mismatch = np.flatnonzero(rows[label_col].to_numpy() != np.array(given, dtype=object))
+    if mismatch.size:
+        i = int(mismatch[0])
+        raise UserError(f"{path}: id {table.ids[i]!r} has label {rows[label_col].iloc[i]!r} there but "
+                        f"{given[i]!r} in {table.source.name}; re-run make_folds.py")
+    try:
+        fold = rows["fold"].astype(np.int64).to_numpy()
+    except ValueError:
+        raise UserError(f"{path}: column 'fold' must hold integers") from None
+    present = np.unique(fold)
+    if len(present) < 2 or not np.array_equal(present, np.arange(len(present))):
+        raise UserError(f"{path}: folds must be numbered 0..K-1 with K >= 2 and none empty; found {present.tolist()}")
+    return fold
+
+
+def default_folds_path(folds_dir: str | Path, data_dir: str | Path) -> Path:
+    """The single folds/<data name>_k*_s*.csv for this data set, or a UserError saying what to do."""
+    name = Path(data_dir).resolve().name
+    found = sorted(Path(folds_dir).glob(f"{name}_k*_s*.csv"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"no fold file {folds_dir}/{name}_k*_s*.csv; run: python make_folds.py --data-dir {data_dir}")
+    raise UserError(f"several fold files for {name}: {[str(p) for p in found]}; choose one with --folds-csv")
+
+
+FOLD_ENV_VARS = ("KIT_FOLD", "SLURM_ARRAY_TASK_ID")
+
+
+def fold_from_env(given: str | None, environ=os.environ) -> tuple[str, str]:
+    """(fold argument, where it came from): --fold, else $KIT_FOLD, else $SLURM_ARRAY_TASK_ID (so
+    `sbatch --array=0-4` trains one fold per task), else fold 0."""
+    if given is not None:
+        return given, "--fold"
+    for name in FOLD_ENV_VARS:
+        if environ.get(name, "").strip():
+            return environ[name].strip(), f"${name}"
+    return "0", "default"
+
+
+def parse_fold_arg(text: str, n_folds: int, source: str = "--fold") -> list[int]:
+    """'0', '0,2,4' or 'all' -> fold indices, each checked against the fold file."""
+    if text == "all":
+        return list(range(n_folds))
+    try:
+        folds = list(dict.fromkeys(int(part) for part in text.split(",")))  # '0,0' trains fold 0 once
+    except ValueError:
+        raise UserError(f"{source} {text!r}: use a number, a comma list like 0,1,2, or 'all'") from None
+    for k in folds:
+        if not 0 <= k < n_folds:
+            raise UserError(f"{source} {k} is out of range: the fold file has folds 0..{n_folds - 1}")
+    return folds
+
+
+def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str, group_col: str,
+                   n_folds: int, seed: int, out: Path, quiet: bool = True) -> pd.DataFrame:
+    """Validate the data, assign folds and write them atomically; prints per-fold class counts."""
+    if n_folds < 2:
+        raise UserError(f"--n-folds {n_folds}: need at least 2 folds")
+    table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
+    check_class_counts(table.labels, table.classes, n_folds, str(table.source))
+    hashes = [pixel_hash(image) for image in decode_all(table.paths, quiet=quiet)]
+    keys = [hashes]
+    if group_col:
+        if not table.source.is_file():
+            raise UserError(f"--group-col needs a train.csv; {table.source} is an ImageFolder layout")
+        values = read_csv_checked(table.source, [group_col])[group_col]
+        # A row with no group value is a group of its own, not one big group of all blanks.
+        keys.append([v if v.strip() else f"\0row{i}" for i, v in enumerate(values)])
+    groups = connected_groups(*keys)
+    if len(np.unique(groups)) < n_folds:
+        raise UserError(f"only {len(np.unique(groups))} groups (after merging duplicates) for {n_folds} folds; "
+                        f"use fewer folds")
+    n_dups = len(hashes) - len(set(hashes))
+    fold = assign_folds(table.labels, n_folds, seed, groups)
+    frame = folds_frame(table, fold, id_col, label_col)
+    write_csv(out, frame)
+    counts = pd.crosstab(frame["fold"], frame[label_col]).reindex(columns=table.classes, fill_value=0)
+    missing = [(int(k), c) for k, row in counts.iterrows() for c, n in row.items() if n == 0]
+    if missing:
+        print(f"warning: {len(missing)} (fold, class) pairs have no validation image, e.g. fold {missing[0][0]} "
+              f"has no {missing[0][1]!r} (groups force it); per-class metrics there are undefined")
+    print(f"wrote {out}: {len(frame)} rows, {n_folds} folds, {len(table.classes)} classes, "
+          f"{n_dups} exact duplicate image(s) kept with their originals\n{counts.to_string()}")
+    return frame

@@ -1,0 +1,150 @@
+"""Image files to pixels: decode one file safely, pick the cache shape, resize into one uint8 array, and its
+per-channel statistics."""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from src.core.errors import UserError
+
+MAX_IMAGE_PIXELS = 50_000_000  # 50 Mpx: far above any competition image, far below a memory problem
+
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+                  "lanczos": cv2.INTER_LANCZOS4}
+
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode one file to uint8 (H, W, C) with C = 1 (gray) or 3 (RGB); alpha is dropped."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: image file not found")
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if raw.size == 0:
+        raise UserError(f"{path}: empty file; replace it or remove its row")
+    check_image_bytes(Path(path), raw.tobytes())
+    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise UserError(f"{path}: cannot decode image (corrupt or unsupported); replace it or remove its row")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise UserError(f"{path}: pixel type {image.dtype} is not supported; save it as 8- or 16-bit")
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.shape[2] == 1:
+        return image
+    code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(image, code)
+
+
+
+def check_image_bytes(path: Path, raw: bytes) -> None:
+    """Refuse truncated PNG/JPG files (decoders may return half an image) and decompression bombs
+    (a small file that decodes to gigabytes), reading only the header for the size."""
+    suffix = path.suffix.lower()
+    if suffix == ".png" and b"IEND" not in raw[-64:]:
+        raise UserError(f"{path}: truncated PNG (no end chunk); replace it or remove its row")
+    if suffix in (".jpg", ".jpeg") and b"\xff\xd9" not in raw[-1024:]:
+        raise UserError(f"{path}: truncated JPEG (no end marker); replace it or remove its row")
+    try:
+        with Image.open(io.BytesIO(raw)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError:
+        width, height = MAX_IMAGE_PIXELS, 2  # Pillow already judged it a bomb
+    except Exception:  # a format Pillow cannot read: OpenCV decides below
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f"{path}: {width}x{height} pixels is over the {MAX_IMAGE_PIXELS:,} limit "
+                        f"(decompression-bomb guard); downscale it first")
+
+
+
+def is_gray(image: np.ndarray) -> bool:
+    if image.shape[2] == 1:
+        return True
+    return bool((image[:, :, 0] == image[:, :, 1]).all() and (image[:, :, 1] == image[:, :, 2]).all())
+
+
+
+def decode_all(paths: list[Path], quiet: bool = True) -> list[np.ndarray]:
+    """Decode every file once, with a progress bar."""
+    return [decode_image(p) for p in tqdm(paths, desc="decode", unit="img", disable=quiet, leave=False)]
+
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """Content hash of decoded pixels, so a PNG and a lossless copy in another format match."""
+    return hashlib.sha1(str(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+
+@dataclass
+class ImageSpec:
+    """How images are turned into model input: the cached array's height, width and channels."""
+
+    height_px: int
+    width_px: int
+    in_chans: int
+
+
+
+def infer_spec(images: list[np.ndarray], image_size_px: int) -> ImageSpec:
+    """Pick the cache shape: a requested square size, else the common size (median if mixed)."""
+    in_chans = 1 if all(is_gray(im) for im in images) else 3
+    if image_size_px:
+        return ImageSpec(image_size_px, image_size_px, in_chans)
+    shapes = Counter(im.shape[:2] for im in images)
+    if len(shapes) == 1:
+        height, width = next(iter(shapes))
+        return ImageSpec(height, width, in_chans)
+    side = int(np.median([max(im.shape[:2]) for im in images]))
+    return ImageSpec(side, side, in_chans)
+
+
+
+def to_array(images: list[np.ndarray], spec: ImageSpec, interp: str) -> np.ndarray:
+    """Resize and convert channels into one contiguous uint8 array (N, H, W, C)."""
+    out = np.empty((len(images), spec.height_px, spec.width_px, spec.in_chans), dtype=np.uint8)
+    flag = INTERPOLATIONS[interp]
+    for i, image in enumerate(images):
+        if image.shape[:2] != (spec.height_px, spec.width_px):
+            image = cv2.resize(image, (spec.width_px, spec.height_px), interpolation=flag)
+            image = image[:, :, None] if image.ndim == 2 else image
+        if spec.in_chans == 1 and image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+        elif spec.in_chans == 3 and image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        out[i] = image
+    return out
+
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a uint8 cache, in [0, 1] units, for input normalisation."""
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), 256):  # in chunks: a float copy of a large cache would not fit
+        chunk = images[start:start + 256].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += chunk.sum(axis=0)
+        squares += (chunk ** 2).sum(axis=0)
+    count = images.size / images.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()

@@ -1,0 +1,274 @@
+"""infer.py's flow: OOF check of TTA views, blend experiments, predict test, write and score a submission."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.atomic import check_writable, write_csv, write_text
+from src.core.errors import UserError
+from src.core.metrics import accuracy, eer_point, logloss
+from src.core.rundir import prob_columns, write_json
+from src.core.tables import markdown_table
+from src.data.contract import LabelTable, data_fingerprint, read_train_table, resolve_image_path
+from src.data.folds import read_folds
+from src.data.images import IMAGE_EXTS, decode_all
+from src.infer.ensemble import blend, fit_weights, nested_blend, nested_fit
+from src.infer.predictor import Predictor, parse_threshold
+from src.infer.submission import build_submission, read_sample, read_solution, score_frame
+from src.infer.tta import greedy_views
+
+
+@dataclass
+class OofData:
+    """The labelled rows all experiments were validated on, in fold-file order."""
+
+    ids: list[str]
+    y: np.ndarray
+    fold_of: np.ndarray
+    decoded: list[np.ndarray]
+    table: LabelTable
+    folds_path: Path
+
+
+def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
+    """Training rows and folds of the experiments: one fold file and class list, unchanged since training."""
+    cfg = predictors[0].cfg
+    for p in predictors[1:]:
+        if (p.cfg.data_dir, p.folds_csv) != (cfg.data_dir, predictors[0].folds_csv):
+            raise UserError(f"{p.exp_dir} and {predictors[0].exp_dir} used different data or fold files; "
+                            f"OOF rows would not line up")
+    table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
+    if table.classes != predictors[0].classes:
+        raise UserError(f"{table.source}: classes changed since {predictors[0].exp_dir} was trained")
+    folds_path = Path(predictors[0].folds_csv)
+    fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
+    return OofData(table.ids, table.labels, fold_of, decode_all(table.paths, quiet=quiet), table, folds_path)
+
+
+def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_folds: bool = True
+                ) -> dict[str, np.ndarray]:
+    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}. With
+    all_folds=False `p` may hold only some folds; the other folds' rows stay zero."""
+    images = p.prepare(data.decoded)
+    now = data_fingerprint(data.table, data.folds_path, images)
+    changed = [k for k, v in now.items() if p.fingerprint.get(k) != v]
+    if changed or all_folds and int(data.fold_of.max()) + 1 != len(p.folds):
+        # A changed fold file would score rows with a model that trained on them.
+        raise UserError(f"{p.exp_dir}: train.csv, the fold file or the images changed since training "
+                        f"({', '.join(changed) or 'fold count'} differ); its OOF rows cannot be trusted")
+    out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
+    for fold in p.folds:
+        rows = np.flatnonzero(data.fold_of == fold.fold)
+        probs = p.predict_views(images[rows], views, folds=[fold], quiet=quiet)[0]
+        for i, v in enumerate(views):
+            out[v][rows] = probs[i]
+    return out
+
+
+def scores(y: np.ndarray, probs: np.ndarray) -> dict:
+    return {"oof_accuracy": accuracy(y, probs), "oof_log_loss": logloss(y, probs)}
+
+
+def select_views(p: Predictor, data: OofData, greedy: bool, quiet: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """Score every candidate view on OOF rows, choose the views (all, or greedy), return their mean OOF."""
+    by_view = oof_by_view(p, data, p.views, quiet)
+    rows = [{"views": v, **scores(data.y, probs)} for v, probs in by_view.items()]
+    rows.append({"views": f"mean of all {len(by_view)}", **scores(data.y, np.mean(list(by_view.values()), axis=0))})
+    if greedy:
+        p.views = greedy_views(data.y, by_view)
+        nested, _ = nested_fit(data.fold_of,
+                               fit=lambda train: greedy_views(data.y[train], {v: b[train] for v, b in by_view.items()}),
+                               apply=lambda views, held: np.mean([by_view[v][held] for v in views], axis=0))
+        rows.append({"views": "greedy, nested (each fold scored with views chosen on the others)",
+                     **scores(data.y, nested)})
+    chosen = np.mean([by_view[v] for v in p.views], axis=0)
+    rows.append({"views": "chosen: " + "+".join(p.views), **scores(data.y, chosen)})
+    return chosen, pd.DataFrame(rows)
+
+
+def blend_weights(names: list[str], data: OofData, oofs: list[np.ndarray], mode: str
+                  ) -> tuple[np.ndarray, pd.DataFrame]:
+    """Weights per experiment (equal, or fitted on all OOF rows) and a table with each alone, the mean,
+    and fitted weights scored by the nested scheme."""
+    rows = [{"blend": n, **scores(data.y, o)} for n, o in zip(names, oofs)]
+    rows.append({"blend": "mean", **scores(data.y, np.mean(oofs, axis=0))})
+    nested, _ = nested_blend(data.y, data.fold_of, oofs)
+    rows.append({"blend": "fitted weights, nested (each fold scored with weights fitted on the others)",
+                 **scores(data.y, nested)})
+    weights = fit_weights(data.y, oofs) if mode == "fitted" else np.full(len(oofs), 1 / len(oofs))
+    return weights, pd.DataFrame(rows)
+
+
+def test_images(data_dir: Path, test_dir: str, sample: pd.DataFrame, sample_path: Path) -> list[Path]:
+    """Image path per sample_submission id; every id must have an image in the test folder."""
+    root = data_dir / test_dir
+    if not root.is_dir():
+        raise UserError(f"{root}: test image folder not found (set --test-dir)")
+    paths = [resolve_image_path(i, root, f"{sample_path} line {n + 2}") for n, i in enumerate(sample.iloc[:, 0])]
+    extra = sorted({p.name for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS} - {p.name for p in paths})
+    if extra:
+        print(f"warning: {len(extra)} image(s) in {root} are not in {sample_path.name} (e.g. {extra[0]}); "
+              f"they get no prediction")
+    return paths
+
+
+@dataclass
+class InferOptions:
+    """infer.py's options; the script's flags take their defaults from here."""
+
+    exps: list[str]
+    runs_dir: str = "runs"
+    data_dir: str = ""
+    test_dir: str = "test"
+    sample_csv: str = "sample_submission.csv"
+    solution_csv: str = "solution.csv"
+    tta: str = "auto"
+    blend: str = "mean"
+    proba: bool = False
+    threshold: str = ""
+    name: str = ""
+    out_dir: str = "submissions"
+    device: str = "auto"
+    quiet: bool = True
+
+
+def load_predictors(opt: InferOptions) -> list[Predictor]:
+    """One Predictor per experiment; experiments to be blended must share their class list."""
+    threshold = parse_threshold(opt.threshold)
+    threshold = None if threshold == "eer" else threshold  # set later, from the blended OOF probabilities
+    tta = "auto" if opt.tta == "greedy" else opt.tta  # greedy picks from auto's views, on OOF rows
+    predictors = [Predictor.load(Path(opt.runs_dir) / e, opt.device, tta, threshold) for e in opt.exps]
+    for p in predictors[1:]:
+        if p.classes != predictors[0].classes:
+            raise UserError(f"{p.exp_dir} has classes {p.classes}, {predictors[0].exp_dir} has "
+                            f"{predictors[0].classes}; only experiments on the same data can be blended")
+    if opt.threshold == "eer" and len(predictors[0].classes) != 2:
+        raise UserError(f"--threshold needs a binary task; {predictors[0].exp_dir} has "
+                        f"{len(predictors[0].classes)} classes")
+    return predictors
+
+
+def check_outputs(opt: InferOptions, sample: pd.DataFrame, sample_path: Path, classes: list[str],
+                  solution_path: Path) -> pd.DataFrame | None:
+    """Everything that could refuse the outputs, checked before any prediction: --proba columns and the
+    solution file (ids equal to the sample's, Public/Private rows)."""
+    dummy = np.full((len(sample), len(classes)), 1 / len(classes))
+    build_submission(sample, classes, dummy, [classes[0]] * len(sample), opt.proba, sample_path)
+    if not solution_path.is_file():
+        return None
+    solution = read_solution(solution_path)
+    if set(solution.iloc[:, 0]) != set(sample.iloc[:, 0]):
+        raise UserError(f"{solution_path}: ids differ from {sample_path.name}'s")
+    return solution
+
+
+def make_submission(opt: InferOptions) -> dict:
+    """The whole flow; returns the submission's leaderboard scores (empty without a solution file)."""
+    predictors = load_predictors(opt)
+    lead = predictors[0]
+    data_dir = Path(opt.data_dir or lead.cfg.data_dir)
+    sample_path = data_dir / opt.sample_csv
+    sample = read_sample(sample_path)
+    paths = test_images(data_dir, opt.test_dir, sample, sample_path)
+    solution_path = data_dir / opt.solution_csv
+    solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
+    check_writable(opt.out_dir, "the submission")
+    data = load_oof_data(predictors, opt.quiet)
+    report, oofs = [f"# Submission {opt.name}\n"], []
+    for p in predictors:
+        oof, table = select_views(p, data, opt.tta == "greedy", opt.quiet)
+        oofs.append(oof)
+        report.append(f"## TTA on OOF rows: {p.exp_dir.name}\n\n{markdown_table(table)}\n")
+    weights, table = blend_weights([p.exp_dir.name for p in predictors], data, oofs, opt.blend)
+    blended_oof = blend(oofs, weights)
+    if len(predictors) > 1:
+        report.append(f"## Blend on OOF rows\n\n{markdown_table(table)}\n\nweights used ({opt.blend}): "
+                      + ", ".join(f"{p.exp_dir.name}={w:.3f}" for p, w in zip(predictors, weights)) + "\n")
+    if opt.threshold == "eer":  # from the same (ensembled, TTA, blended) probabilities it is applied to
+        lead.threshold = eer_point(data.y, blended_oof[:, 1])[1]
+        report.append(f"Decision threshold (OOF equal error rate): {lead.threshold:.4f}\n")
+    per_exp, line = predict_test(predictors, paths, opt.quiet)
+    report.append(line)
+    final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
+    frame = build_submission(sample, lead.classes, final, lead.labels_from_probs(final), opt.proba, sample_path)
+    result = {}
+    if solution is not None:
+        table = leaderboard_table(sample, solution, lead, per_exp[0], frame, opt.proba, solution_path)
+        report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
+        result = table.iloc[-1].to_dict()
+    write_outputs(Path(opt.out_dir), opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
+    if result:  # for the run table (runs.py)
+        write_json(Path(opt.out_dir) / f"{opt.name}_lb.json", {
+            "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
+            "metric": result["metric"], "public": result.get("public"), "private": result.get("private"),
+            "written": datetime.now().isoformat(timespec="seconds")})
+    return result
+
+
+def predict_test(predictors: list[Predictor], paths: list[Path], quiet: bool) -> tuple[list[np.ndarray], str]:
+    """(folds, views, N, classes) per experiment, identity always included (for the leaderboard's
+    single-fold and no-TTA rows), and a line saying how long it took."""
+    start = time.perf_counter()
+    decoded = decode_all(paths, quiet=quiet)
+    per_exp = [p.predict_views(p.prepare(decoded), with_identity(p.views), quiet=quiet) for p in predictors]
+    passes = sum(v.shape[0] * v.shape[1] for v in per_exp)
+    return per_exp, (f"Test inference: {len(paths)} images x {passes} (fold, view) passes in "
+                     f"{time.perf_counter() - start:.1f} s (decoding included).\n")
+
+
+def write_outputs(out: Path, name: str, frame: pd.DataFrame, sample: pd.DataFrame, final: np.ndarray,
+                  data: OofData, blended_oof: np.ndarray, classes: list[str], report: list[str]) -> None:
+    """All files last, each atomically, once every check has passed."""
+    columns = prob_columns(classes)
+    write_csv(out / f"{name}_test_probs.csv",
+              pd.concat([sample.iloc[:, :1], pd.DataFrame(final, columns=columns)], axis=1))
+    write_csv(out / f"{name}_oof_probs.csv", pd.concat([pd.DataFrame({"id": data.ids, "fold": data.fold_of}),
+                                                        pd.DataFrame(blended_oof, columns=columns)], axis=1))
+    write_text(out / f"{name}.md", "\n".join(report))
+    write_csv(out / f"{name}.csv", frame)
+    print("\n".join(report))
+    print(f"wrote {out / name}.csv (+ _test_probs.csv, _oof_probs.csv, .md)")
+
+
+def leaderboard_table(sample: pd.DataFrame, solution: pd.DataFrame, p: Predictor, views: np.ndarray,
+                      final: pd.DataFrame, proba: bool, source: Path) -> pd.DataFrame:
+    """Public/private score of fold 0 alone, the fold ensemble, the ensemble + TTA, and the submission."""
+    variants = {"fold 0, no TTA": views[0, 0], f"{len(p.folds)}-fold ensemble, no TTA": views[:, 0].mean(0),
+                f"{len(p.folds)}-fold ensemble + TTA ({'+'.join(p.views)})": chosen_mean(p, views)}
+    rows = []
+    for label, probs in variants.items():
+        frame = build_submission(sample, p.classes, probs, p.labels_from_probs(probs), proba, source)
+        rows.append({"predictions": f"{p.exp_dir.name}: {label}", **score_frame(frame, solution, source=source)})
+    rows.append({"predictions": "submission", **score_frame(final, solution, source=source)})
+    return pd.DataFrame(rows)
+
+
+def with_identity(views: list[str]) -> list[str]:
+    return list(dict.fromkeys(["identity"] + views))
+
+
+def chosen_mean(p: Predictor, views: np.ndarray) -> np.ndarray:
+    """Mean over folds and the predictor's chosen views of a (folds, with_identity(views), N, C) array."""
+    index = [with_identity(p.views).index(v) for v in p.views]
+    return views[:, index].mean(axis=(0, 1))
+
+
+def predict_files(opt: InferOptions, images: list[str]) -> pd.DataFrame:
+    """Label and probabilities for a few image files (mean over the experiments); printed as a table."""
+    threshold = parse_threshold(opt.threshold)
+    if opt.tta == "greedy" or threshold == "eer" and len(opt.exps) > 1:
+        raise UserError("--images takes --tta auto/none/list and, with several experiments, a numeric threshold")
+    predictors = load_predictors(dataclasses.replace(opt, threshold=""))
+    lead = predictors[0]
+    lead.threshold = lead.resolve_threshold(threshold)
+    probs = np.mean([p.predict_files(images) for p in predictors], axis=0)
+    frame = pd.DataFrame({"image": images, "label": lead.labels_from_probs(probs), "confidence": probs.max(1)})
+    frame = pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(lead.classes))], axis=1)
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return frame

@@ -1,0 +1,165 @@
+"""pseudo_label.py's rounds: each fold's model labels the unlabelled (and optionally test) images, its
+confident predictions join that fold's training split, every fold is retrained, and the next round
+starts from the new experiment. Each round writes its pseudo-label CSVs and a report row."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.atomic import check_writable, write_csv, write_text
+from src.core.config import config_from_dict, load_config_file
+from src.core.errors import UserError
+from src.core.repro import REPO, git_commit
+from src.core.rundir import exp_dir, write_json
+from src.core.tables import markdown_table
+from src.data.extra_rows import PSEUDO_CSV, split_of
+from src.data.images import IMAGE_EXTS, decode_all
+from src.infer.pipeline import InferOptions, make_submission
+from src.infer.predictor import Predictor
+from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
+from src.train.config import TrainConfig
+from src.train.cv import train_folds
+
+
+@dataclass
+class PseudoOptions:
+    """pseudo_label.py's options; the script's flags take their defaults from here."""
+
+    exp: str
+    name: str = ""
+    rounds: int = 3
+    threshold: float = 0.8
+    max_per_class: str = "0"
+    balanced: bool = False
+    soft: bool = False
+    unlabeled_dir: str = "unlabeled"
+    use_test: bool = False
+    test_dir: str = "test"
+    tta: str = "auto"
+    retrain_config: str = ""
+    runs_dir: str = "runs"
+    out_dir: str = "pseudo"
+    report_dir: str = "reports"
+    submissions_dir: str = "submissions"
+    device: str = "auto"
+    quiet: bool = True
+
+
+def pool_images(data_dir: Path, opt: PseudoOptions) -> list[str]:
+    """Ids (paths relative to data_dir) of the images to pseudo-label, sorted."""
+    folders = [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else [])
+    ids = []
+    for name in folders:
+        root = data_dir / name
+        if not root.is_dir():
+            raise UserError(f"{root}: folder of images to pseudo-label not found (set --unlabeled-dir)")
+        ids += sorted(str(p.relative_to(data_dir)) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not ids:
+        raise UserError(f"{data_dir}: no images in {', '.join(folders)} to pseudo-label")
+    return ids
+
+
+def known_labels(data_dir: Path, opt: PseudoOptions) -> dict[str, str] | None:
+    """True labels of pool images where the demo keeps them (unlabeled_solution.csv, solution.csv)."""
+    truth = {}
+    for folder, name in ((opt.unlabeled_dir, "unlabeled_solution.csv"), (opt.test_dir, "solution.csv")):
+        path = data_dir / name
+        if path.is_file():
+            frame = pd.read_csv(path, dtype=str)
+            truth.update({f"{folder}/{i}" if "." in i else f"{folder}/{i}.png": v
+                          for i, v in zip(frame.iloc[:, 0], frame.iloc[:, 1])})
+    return truth or None
+
+
+def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: PseudoOptions, round_index: int,
+                out: Path, truth: dict | None) -> pd.DataFrame:
+    """Pseudo-labels for every fold from that fold's own model; returns the per-class table over folds."""
+    tables = []
+    for fold_model in predictor.folds:
+        probs = predictor.predict_views(images, predictor.views, folds=[fold_model], quiet=opt.quiet).mean(axis=(0, 1))
+        cap = per_round(opt.max_per_class, opt.rounds)[round_index - 1]
+        chosen = select_confident(probs, opt.threshold, cap, opt.balanced)
+        frame = pseudo_frame(ids, probs, chosen, predictor.classes, round_index)
+        folder = out / f"fold{fold_model.fold}"
+        write_json(folder / "meta.json", {
+            "fold": fold_model.fold, "classes": predictor.classes, "split": split_of(predictor.fingerprint),
+            "round": round_index, "source_exp": str(predictor.exp_dir),
+            "sources": [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else []),
+            "threshold": opt.threshold, "max_per_class": cap, "balanced": opt.balanced,
+            "views": predictor.views, "created": datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(REPO)})
+        write_csv(folder / PSEUDO_CSV, frame)
+        tables.append(selection_table(frame, predictor.classes, truth).assign(fold=fold_model.fold))
+    return pd.concat(tables)
+
+
+def pooled_oof(exp: Path) -> float:
+    summary = pd.read_csv(exp / "oof_summary.csv", dtype={"fold": str})
+    return float(summary.loc[summary["fold"] == "all (pooled OOF)", "accuracy"].iloc[0])
+
+
+def leaderboard(name: str, opt: PseudoOptions) -> dict:
+    return make_submission(InferOptions(exps=[name], runs_dir=opt.runs_dir, tta=opt.tta, name=name,
+                                        out_dir=opt.submissions_dir, device=opt.device, quiet=opt.quiet))
+
+
+def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
+    """Round 0 is the given experiment; rounds 1..R add pseudo-labels and retrain all folds."""
+    base = exp_dir(opt.runs_dir, opt.exp)
+    prefix = opt.name or opt.exp
+    for folder, what in ((opt.out_dir, "pseudo-labels"), (opt.runs_dir, "run directories"),
+                         (opt.report_dir, "the report"), (opt.submissions_dir, "submissions")):
+        check_writable(folder, what)
+    predictor = Predictor.load(base, device=opt.device, tta=opt.tta)
+    # Retraining sees many more rows than the labelled-only start, so it may want other settings
+    # (e.g. a larger batch and fewer epochs); everything else stays the starting experiment's.
+    overrides = load_config_file(opt.retrain_config) if opt.retrain_config else {}
+    retrain_base = config_from_dict(overrides, TrainConfig, source=opt.retrain_config or "retrain config",
+                                    base=predictor.cfg)
+    data_dir = Path(predictor.cfg.data_dir)
+    ids = pool_images(data_dir, opt)
+    images = predictor.prepare(decode_all([data_dir / i for i in ids], quiet=opt.quiet))
+    truth = known_labels(data_dir, opt)
+    print(f"pseudo-labelling {len(ids)} images from {', '.join(sorted({i.split('/')[0] for i in ids}))}"
+          f"{' (test images: transductive, recorded in each run config)' if opt.use_test else ''}")
+    rows = [{"round": 0, "exp": opt.exp, "selected_per_fold": 0, "pseudo_accuracy": np.nan,
+             "oof_accuracy": pooled_oof(base), **leaderboard(opt.exp, opt)}]
+    per_class = []
+    for r in range(1, opt.rounds + 1):
+        name = f"{prefix}-pl{r}"
+        out = Path(opt.out_dir) / name
+        table = label_round(predictor, ids, images, opt, r, out, truth)
+        per_class.append(table.assign(round=r))
+        cfg = dataclasses.replace(retrain_base, exp=name, pseudo=str(out), pseudo_soft=opt.soft,
+                                  runs_dir=opt.runs_dir, device=opt.device).validate()
+        train_folds(cfg, "all", resume=True, quiet=opt.quiet)
+        overall = table[table["class"] == "all"]
+        rows.append({"round": r, "exp": name, "selected_per_fold": float(overall["selected"].mean()),
+                     "pseudo_accuracy": float(overall["accuracy"].mean()) if "accuracy" in overall else np.nan,
+                     "oof_accuracy": pooled_oof(exp_dir(opt.runs_dir, name)), **leaderboard(name, opt)})
+        print(markdown_table(pd.DataFrame(rows)))
+        predictor = Predictor.load(exp_dir(opt.runs_dir, name), device=opt.device, tta=opt.tta)
+    report = pd.DataFrame(rows)
+    write_report(opt, report, pd.concat(per_class))
+    return report
+
+
+def write_report(opt: PseudoOptions, report: pd.DataFrame, per_class: pd.DataFrame) -> None:
+    folder = Path(opt.report_dir)
+    prefix = opt.name or opt.exp
+    write_csv(folder / f"pseudo_{prefix}.csv", report)
+    write_csv(folder / f"pseudo_{prefix}_per_class.csv", per_class)
+    mean_per_class = per_class.groupby(["round", "class"], sort=False)[
+        [c for c in ("selected", "accuracy") if c in per_class]].mean().reset_index()
+    text = [f"# Pseudo-labelling: {prefix} (from {opt.exp})", "",
+            f"threshold {opt.threshold}, max per class per round {opt.max_per_class} (0 = none), balanced "
+            f"{opt.balanced}, {'soft' if opt.soft else 'hard'} labels, "
+            f"images from {opt.unlabeled_dir}{' and ' + opt.test_dir if opt.use_test else ''}; pseudo-labels per "
+            f"fold from that fold's own model; selected and accuracy are means over folds.", "",
+            markdown_table(report), "", "## Per class (mean over folds)", "", markdown_table(mean_per_class, 3), ""]
+    write_text(folder / f"pseudo_{prefix}.md", "\n".join(text))

@@ -1,0 +1,195 @@
+"""train.py's typed config: every field is a flag, a config-file key and part of config.json."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from src.core.config import INF, check_fields
+from src.core.errors import UserError
+
+CHOICES = {
+    "augment": ("none", "light", "heavy"),
+    "flips": ("none", "h", "v", "hv"),
+    "resize_interp": ("area", "linear", "cubic", "lanczos"),
+    "optimizer": ("adamw", "sgd"),
+    "scheduler": ("cosine", "onecycle", "step", "plateau", "constant"),
+    "loss": ("ce", "label_smoothing", "focal"),
+    "loss2": ("", "ce", "label_smoothing", "focal"),
+    "class_weights": ("none", "balanced"),
+    "monitor": ("accuracy", "macro_f1", "log_loss", "roc_auc", "eer"),
+    "monitor_mode": ("auto", "max", "min"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+# Allowed values: (low, high, brackets); "[)" means low <= value < high.
+RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF, "()"), "ema_decay": (0, 1, "[)"),
+          "image_size_px": (0, INF, "[)"), "weight_decay": (0, INF, "[)"), "momentum": (0, 1, "[)"),
+          "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "lr_step_epochs": (1, INF, "[)"),
+          "lr_step_gamma": (0, 1, "()"), "plateau_patience_epochs": (0, INF, "[)"), "plateau_factor": (0, 1, "()"),
+          "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
+          "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
+          "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
+          "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)")}
+
+HELP = {
+    "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
+    "data_dir": "competition folder holding train.csv and train/ (or an ImageFolder train/<class>/)",
+    "train_csv": "labels file inside data_dir",
+    "image_dir": "image folder inside data_dir",
+    "id_col": "train.csv column with the image id or file name",
+    "label_col": "train.csv column with the label",
+    "folds_csv": "fold file (id,label,fold); empty = the single folds/<data name>_k*_s*.csv",
+    "runs_dir": "where run directories are created",
+    "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
+    "pretrained": "local weight file (.pt/.pth/.safetensors, or pretrain.py's backbone.pt); never downloaded",
+    "backbone_lr_mult": "the backbone's LR as a multiple of --lr (the classifier head always gets --lr); below 1 "
+                        "keeps pretrained features from being overwritten early",
+    "freeze_epochs": "train only the classifier head for this many epochs first (backbone weights and BatchNorm "
+                     "statistics frozen); needs pretrained",
+    "image_size_px": "resize images to this square size; 0 = keep the data's size",
+    "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
+    "drop_rate": "dropout before the classifier",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.99) and validate/save it; 0 = off",
+    "augment": "training augmentation: light = random shift ±10 %, scale 0.9–1.1 per axis, rotation ±10° "
+               "(batched, on the device); heavy = stronger affine with shear, plus blur/noise and cutout "
+               "(albumentations)",
+    "flips": "random flips added to the pipeline (off by default: they break digits and text)",
+    "epochs": "maximum number of epochs",
+    "batch_size": "images per optimiser step (under torchrun: over all processes, split evenly)",
+    "optimizer": "optimiser",
+    "lr": "peak learning rate",
+    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
+    "momentum": "SGD momentum",
+    "scheduler": "LR curve after warmup, stepped every optimiser step",
+    "lr_warmup_epochs": "linear warmup length in epochs (fractions allowed)",
+    "lr_min_ratio": "final LR as a fraction of the peak (cosine, onecycle)",
+    "lr_step_epochs": "step scheduler: epochs between LR drops",
+    "lr_step_gamma": "step scheduler: LR multiplier at each drop",
+    "plateau_patience_epochs": "plateau scheduler: epochs without improvement before a drop",
+    "plateau_factor": "plateau scheduler: LR multiplier at each drop",
+    "loss": "training loss",
+    "label_smoothing": "smoothing used by the label_smoothing loss",
+    "focal_gamma": "focusing parameter of the focal loss",
+    "loss2": "loss used from loss_switch_epoch on (empty = never switch)",
+    "loss_switch_epoch": "epoch (0-based) at which loss2 replaces loss",
+    "class_weights": "weight the loss by inverse class frequency (balanced)",
+    "monitor": "validation metric for best.pt and early stopping (log_loss is the validation loss)",
+    "monitor_mode": "whether the monitored metric should go up or down (auto = by metric)",
+    "patience_epochs": "early stopping patience; 0 = never stop early",
+    "min_delta": "smallest change of the monitored metric that counts as improvement",
+    "seed": "seed for weights, shuffling, augmentation and dropout",
+    "device": "auto picks CUDA when available",
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)",
+    "channels_last": "channels_last memory format (measured faster on CPU too)",
+    "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
+    "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
+    "threads": "torch CPU threads; 0 = all cores (shared by the processes torchrun starts on one machine)",
+    "tensorboard": "write TensorBoard event files to <run>/tb (when the tensorboard package is installed)",
+    "sync_batchnorm": "under torchrun on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm)",
+    "synthetic": "gen_synthetic.py sample folder (synthetic/<exp>, or one fold's folder); its rows join the "
+                 "fold's training split only, and a folder made for another fold is refused",
+    "synthetic_ratio": "synthetic rows per real training row, per class",
+    "synthetic_per_class": "fixed synthetic rows per class instead of the ratio (0 = use the ratio, -1 = all)",
+    "synthetic_only": "train on the synthetic rows alone (Classification Accuracy Score); validation stays real",
+    "synthetic_unfiltered": "also use samples the classifier filter rejected",
+    "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
+              "join the fold's training split only",
+    "pseudo_soft": "train on the pseudo-labels' full probability vectors (soft labels, from pseudo.csv's prob_ "
+                   "columns) instead of their top class; needs loss ce or label_smoothing",
+}
+
+
+@dataclass
+class DataFields:
+    """Where the labelled data and its fold file are: shared by every config that reads a competition."""
+
+    data_dir: str = "data/mnist5k"
+    train_csv: str = "train.csv"
+    image_dir: str = "train"
+    id_col: str = "image"
+    label_col: str = "label"
+    folds_csv: str = ""
+
+
+@dataclass
+class TrainConfig(DataFields):
+    """Everything that determines a training run; saved as config.json and inside checkpoints."""
+
+    CHOICES: ClassVar[dict] = CHOICES
+    RANGES: ClassVar[dict] = RANGES
+    HELP: ClassVar[dict] = HELP
+    LOGGING_ONLY: ClassVar[tuple] = ("tensorboard",)  # change what is logged, not what is learned
+    exp: str = "baseline"
+    runs_dir: str = "runs"
+    model: str = "smallcnn"
+    pretrained: str = ""
+    backbone_lr_mult: float = 1.0
+    freeze_epochs: int = 0
+    image_size_px: int = 0
+    resize_interp: str = "cubic"
+    drop_rate: float = 0.1
+    ema_decay: float = 0.99
+    augment: str = "light"
+    flips: str = "none"
+    epochs: int = 15
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "onecycle"
+    lr_warmup_epochs: float = 1.0
+    lr_min_ratio: float = 0.01
+    lr_step_epochs: int = 5
+    lr_step_gamma: float = 0.1
+    plateau_patience_epochs: int = 2
+    plateau_factor: float = 0.5
+    loss: str = "label_smoothing"
+    label_smoothing: float = 0.1
+    focal_gamma: float = 2.0
+    loss2: str = ""
+    loss_switch_epoch: int = 0
+    class_weights: str = "none"
+    monitor: str = "accuracy"
+    monitor_mode: str = "auto"
+    patience_epochs: int = 0
+    min_delta: float = 0.0
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    deterministic: bool = True
+    num_workers: int = -1
+    threads: int = 0
+    sync_batchnorm: bool = False
+    tensorboard: bool = True
+    synthetic: str = ""
+    synthetic_ratio: float = 0.25
+    synthetic_per_class: int = 0
+    synthetic_only: bool = False
+    synthetic_unfiltered: bool = False
+    pseudo: str = ""
+    pseudo_soft: bool = False
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and choices; raises UserError naming the field."""
+        check_fields(self)
+        if self.loss2 and not 0 < self.loss_switch_epoch < self.epochs:
+            raise UserError(f"config: with loss2 set, loss_switch_epoch must be in 1..{self.epochs - 1} "
+                            f"(got {self.loss_switch_epoch})")
+        if self.lr_warmup_epochs >= self.epochs:
+            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.pseudo_soft and (not self.pseudo or "focal" in (self.loss, self.loss2)):
+            raise UserError("config: pseudo_soft needs pseudo (a pseudo_label.py folder) and loss ce or "
+                            "label_smoothing (focal loss takes class indices only)")
+        if self.freeze_epochs and not self.pretrained:
+            raise UserError("config: freeze_epochs needs pretrained (freezing a random backbone teaches nothing)")
+        if self.freeze_epochs >= self.epochs:
+            raise UserError(f"config: freeze_epochs ({self.freeze_epochs}) must be < epochs ({self.epochs})")
+        if self.synthetic_only and not self.synthetic:
+            raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
+        if not self.exp or "/" in self.exp or self.exp.startswith("."):
+            raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
+        return self
+
+

@@ -1,0 +1,234 @@
+"""Cross-validated training: validate the data and folds once, decode images once, train the chosen folds."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.atomic import check_writable, write_csv, write_text
+from src.core.config import config_differences, config_to_dict
+from src.core.errors import UserError
+from src.core.metrics import compute_metrics, metric_names
+from src.core.repro import REPO, git_commit, package_versions
+from src.core.rundir import exp_dir, fold_dir, oof_arrays, read_oof, write_json
+from src.core.tables import markdown_table
+from src.data.contract import LabelTable, data_fingerprint, read_train_table
+from src.data.extra_rows import (
+    load_pseudo_rows,
+    load_synthetic_rows,
+    read_pseudo_dir,
+    read_sample_dir,
+    resolve_pseudo_dir,
+    resolve_sample_dir,
+)
+from src.data.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
+from src.data.images import channel_stats, decode_all, infer_spec, to_array
+from src.train.config import TrainConfig
+from src.train.diagnostics import write_diagnostics
+from src.train.distributed import barrier, shutdown
+from src.train.engine import setup_runtime
+from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
+
+
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_dir_action(run_dir: Path, resume: bool, overwrite: bool) -> str:
+    """'resume', 'fresh' or 'replace' for a fold's folder, decided before any training starts.
+
+    An existing run is never mixed with a new one: it needs --resume (continue) or --overwrite (replace).
+    """
+    if resume and (run_dir / "last.pt").is_file():
+        return "resume"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (resume or overwrite):
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        return "replace"  # with --resume: a run that never finished an epoch; nothing to keep
+    return "fresh"
+
+
+def write_run_record(run_dir: Path, action: str, record: dict) -> None:
+    """config.json: written when a run starts; a resume only appends when and with which code it went on."""
+    if action == "replace":
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    if action == "resume" and path.is_file():
+        previous = json.loads(path.read_text())
+        previous.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"),
+                                                   "git_commit": record["git_commit"]})
+        record = previous
+    write_json(path, record)
+
+
+def load_split(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str,
+               folds_csv: str) -> tuple[LabelTable, np.ndarray, Path]:
+    """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file)."""
+    table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
+    folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir)
+    fold_of = read_folds(folds_path, table, id_col, label_col)
+    check_class_counts(table.labels, table.classes, int(fold_of.max()) + 1, str(table.source))
+    return table, fold_of, folds_path
+
+
+def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
+    """load_split for a training config, plus the check that its monitored metric fits the task."""
+    table, fold_of, folds_path = load_split(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col,
+                                            cfg.folds_csv)
+    if cfg.monitor not in metric_names(len(table.classes)):
+        raise UserError(f"--monitor {cfg.monitor} needs a binary task; {table.source} has "
+                        f"{len(table.classes)} classes")
+    return table, fold_of, folds_path
+
+
+def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
+                 info: dict, rt) -> FoldTrainer:
+    """The trainer for fold k: its rows (plus synthetic rows, training side only), normalisation from the
+    rows it trains on, and the model."""
+    is_val = fold_of == k
+    train_rows = np.flatnonzero(~is_val)
+    real = (images[train_rows], table.labels[train_rows], [table.ids[i] for i in train_rows])
+    parts, extra = [] if cfg.synthetic_only else [real], {}
+    if cfg.synthetic:
+        *rows, extra["synthetic"] = load_synthetic_rows(
+            cfg.synthetic, k, table.classes, info["fingerprint"], info["spec"], cfg.resize_interp, real[1],
+            cfg.synthetic_ratio, cfg.synthetic_per_class, cfg.synthetic_unfiltered)
+        parts.append(rows)
+        print(f"fold {k}: {extra['synthetic']['rows']} synthetic training rows from {extra['synthetic']['folder']}"
+              f"{' (synthetic only)' if cfg.synthetic_only else ''}")
+    targets = []  # soft pseudo-labels: every row's target distribution, one-hot for the labelled ones
+    if cfg.pseudo:
+        *rows, soft, extra["pseudo"] = load_pseudo_rows(cfg.pseudo, k, table, cfg.data_dir, info["fingerprint"],
+                                                        info["spec"], cfg.resize_interp, cfg.pseudo_soft)
+        if soft is not None:
+            targets = [np.eye(len(table.classes), dtype=np.float32)[p[1]] for p in parts] + [soft]
+        parts.append(rows)
+        print(f"fold {k}: {extra['pseudo']['rows']} pseudo-labelled training rows from {extra['pseudo']['folder']} "
+              f"(images from {', '.join(extra['pseudo']['sources'] or ['?'])})")
+    train_images = np.concatenate([p[0] for p in parts])
+    train_labels = np.concatenate([p[1] for p in parts])
+    train_ids = [i for p in parts for i in p[2]]
+    if len(train_labels) == 0:
+        raise UserError(f"fold {k}: no training rows (the synthetic or pseudo-label selection is empty)")
+    mean, std = channel_stats(train_images)
+    data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
+                    [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
+                    np.concatenate(targets) if targets else None)
+    return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
+
+
+def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
+                quiet: bool = False, fold_source: str = "--fold") -> list[dict]:
+    """Train each requested fold; returns one metrics dict per fold and prints the OOF summary. Under
+    torchrun every process runs this; rank 0 alone prints and writes files."""
+    signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
+    table, fold_of, folds_path = load_labelled(cfg)
+    n_folds = int(fold_of.max()) + 1
+    folds = parse_fold_arg(fold_arg, n_folds, fold_source)
+    actions = {k: run_dir_action(fold_dir(cfg.runs_dir, cfg.exp, k), resume, overwrite) for k in folds}
+    check_writable(cfg.runs_dir, "run directories")
+    rt = setup_runtime(cfg, distributed=True)
+    try:
+        if rt.dist.is_main:
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source)
+    finally:
+        shutdown()
+
+
+def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
+                 actions: dict, rt, quiet: bool, fold_source: str) -> list[dict]:
+    n_folds = int(fold_of.max()) + 1
+    processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
+    if fold_source not in ("--fold", "default"):
+        print(f"fold {','.join(map(str, folds))} from {fold_source}")
+    print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
+          f"device {rt.device}{processes}")
+    decoded = decode_all(table.paths, quiet=quiet)
+    spec = infer_spec(decoded, cfg.image_size_px)
+    images = to_array(decoded, spec, cfg.resize_interp)
+    del decoded
+    info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images)}
+    for k in folds:  # every fold's extra-row folders pass the leak guard before the first fold trains
+        if cfg.synthetic:
+            read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
+        if cfg.pseudo:
+            read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
+    record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
+              "packages": package_versions(), "world_size": rt.dist.world_size}
+    results = []
+    for k in folds:
+        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
+        if rt.dist.is_main:
+            write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
+                trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
+            # Which rows trained this fold, so anyone can check that no validation id is among them.
+            write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
+        barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
+        if actions[k] == "resume":
+            trainer.resume()
+        trainer.fit(quiet)
+        results.append(trainer.write_oof())
+    if rt.dist.is_main:
+        report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, config_to_dict(cfg), info["fingerprint"])
+    return results
+
+
+def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: dict, fingerprint: dict) -> None:
+    """oof_summary (printed), the confusion matrix, per-class metrics and the most confidently wrong OOF images,
+    over every fold of this experiment trained with this config."""
+    folds = counted_oof(exp, table.classes, config, fingerprint)
+    summary = summarize_oof(exp, table.classes, folds)
+    oof = pd.concat([frame for _, frame in folds], ignore_index=True)
+    row_of = {image_id: i for i, image_id in enumerate(table.ids)}
+    write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,
+                      images[[row_of[i] for i in oof["id"]]])
+    print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
+          f"{markdown_table(summary)}")
+
+
+def counted_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> list[tuple[str, pd.DataFrame]]:
+    """(fold, oof.csv frame) for the folds trained with this config on this data; others (an older run) are
+    named and skipped."""
+    out = []
+    for path in sorted(exp.glob("fold*/oof.csv"), key=lambda p: int(p.parent.name[4:])):
+        record = json.loads((path.parent / "config.json").read_text())
+        changed = config_differences(record.get("config", {}), config, TrainConfig)
+        if changed or record.get("fingerprint") != fingerprint:
+            print(f"OOF summary: skipping {path.parent.name} (trained with another config or data)")
+            continue
+        out.append((path.parent.name[4:], read_oof(path, classes)[2]))
+    if not out:
+        raise UserError(f"{exp}: no fold*/oof.csv yet; train a fold first")
+    return out
+
+
+
+def summarize_oof(exp: Path, classes: list[str], folds: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Per-fold and overall OOF metrics (plus mean ± std over folds) of `counted_oof`'s folds; saved as CSV
+    and Markdown."""
+    rows, all_y, all_p = [], [], []
+    for fold, frame in folds:
+        y, probs = oof_arrays(frame, classes)
+        rows.append({"fold": fold, "n": len(y), **compute_metrics(y, probs)})
+        all_y.append(y)
+        all_p.append(probs)
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c not in ("fold", "n")]
+    y, probs = np.concatenate(all_y), np.concatenate(all_p)
+    extra = [{"fold": "mean", "n": int(table["n"].sum()), **table[metric_cols].mean().to_dict()},
+             {"fold": "std", "n": int(table["n"].sum()), **table[metric_cols].std(ddof=1).to_dict()},
+             {"fold": "all (pooled OOF)", "n": len(y), **compute_metrics(y, probs)}]
+    table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
+    write_csv(exp / "oof_summary.csv", table)
+    write_text(exp / "oof_summary.md", f"# OOF summary: {exp.name}\n\n{markdown_table(table)}\n")
+    return table

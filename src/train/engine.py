@@ -1,0 +1,220 @@
+"""Training and prediction primitives: device set-up, batches from the uint8 cache, one epoch, predict."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src.core.errors import UserError
+from src.core.repro import derived_seed
+from src.data.augment import augment_batch
+from src.train.config import TrainConfig
+from src.train.distributed import SINGLE, Dist, ShardedBatches, init_distributed
+from src.train.models import freeze_backbone_norms, head_and_backbone
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, autocast dtype (None = full precision), memory format."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    dist: Dist = SINGLE
+
+
+def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
+    """Pick the device, threads, precision and determinism settings for a run; with `distributed`, join
+    torchrun's process group when there is one (one GPU per local rank)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    info = init_distributed(use_cuda) if distributed else SINGLE
+    device = torch.device("cuda", info.local_rank) if use_cuda and info.enabled else \
+        torch.device("cuda" if use_cuda else "cpu")
+    # The cores this process may use (a container or taskset can allow fewer than the machine has), shared
+    # by the processes torchrun started on this machine.
+    torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) // info.local_world_size))
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    amp_dtype = None
+    if use_cuda and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return Runtime(device, amp_dtype, cfg.channels_last, info)
+
+
+class ArrayBatches(torch.utils.data.Dataset):
+    """Whole batches from an in-memory uint8 (N, H, W, C) array; indexed by a list of row numbers."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.sort(np.asarray(rows))  # sorted rows read memory in order; the batch is unordered anyway
+        images = self.images[rows]
+        if self.transform is not None:
+            images = augment_batch(self.transform, images)
+        return torch.from_numpy(images), torch.from_numpy(self.labels[rows])
+
+    def reseed(self, seed: int) -> None:
+        if self.transform is not None:
+            self.transform.set_random_seed(seed)
+
+
+def _seed_worker(_worker_id: int, rank: int = 0) -> None:
+    # Each worker's torch seed comes from the loader's seeded generator; derive the augmentation seed from it
+    # (and from the DDP rank, so ranks augment differently).
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**31
+    info.dataset.reseed(derived_seed(seed, rank) if rank else seed)
+
+
+def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
+                 info: Dist = SINGLE):
+    """Shuffled batches for one epoch, fully determined by `seed`. Under DDP every rank draws the same
+    global batches (`batch_size` is the global batch) and takes its share, with its own augmentation seed."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
+                                            batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
+    if info.enabled:
+        sampler = ShardedBatches(sampler, info)
+    # The loader draws its worker base seed from `generator` before the sampler shuffles, on every rank alike,
+    # so the permutation is the single-process one; augmentation seeds then differ per rank.
+    dataset.reseed(derived_seed(seed, info.rank) if info.enabled else seed)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       pin_memory=pin_memory, generator=generator,
+                                       worker_init_fn=functools.partial(_seed_worker, rank=info.rank))
+
+
+def drops_last_batch(num_images: int, batch_size: int) -> bool:
+    """A ragged last batch is dropped (noisy BatchNorm statistics), unless it is the only batch."""
+    return num_images > batch_size
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    return num_images // batch_size if drops_last_batch(num_images, batch_size) else 1
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime, augment=None) -> torch.Tensor:
+    """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view).
+
+    `augment` (a function of the float NCHW batch in [0, 255]) runs before normalisation, so its zero
+    fill is a black pixel."""
+    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if augment is not None:
+        x = augment(x)
+    x = x.div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+
+
+def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, len(mean), 1, 1)
+    return (torch.tensor(mean, device=rt.device).view(shape), torch.tensor(std, device=rt.device).view(shape))
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
+                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False) -> dict:
+    """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
+    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline.
+    With `freeze_backbone` only the classifier head learns: the backbone's gradients are dropped before
+    each step (so the optimiser skips it, moments included) and its BatchNorm statistics are kept."""
+    model.train()
+    frozen = []
+    if freeze_backbone:
+        net = getattr(model, "module", model)  # the weights, not the DDP wrapper
+        freeze_backbone_norms(net)
+        frozen = head_and_backbone(net)[1]
+    loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
+    seen, step, start = 0, first_step, time.perf_counter()
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
+        x = to_input(images, *norm, rt, augment)
+        y = labels.to(rt.device, non_blocking=True)
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            loss = loss_fn(model(x), y)
+        optimizer_step(loss, optimizer, scaler, frozen)
+        if ema is not None:
+            ema.update(getattr(model, "module", model), step=step + 1)  # the weights, not the DDP wrapper
+        loss_sum += loss.detach() * len(y)
+        seen += len(y)
+        step += 1
+    train_loss = float(loss_sum) / max(seen, 1)  # waits for the device, so the clock below is honest
+    seconds = time.perf_counter() - start
+    return {"train_loss": train_loss, "train_seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9), "steps": step - first_step}
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   frozen: list[nn.Parameter] | tuple = ()) -> None:
+    """Backward through the (fp16-scaled) loss and step; `frozen` parameters get no gradient, so the
+    optimiser skips them entirely (no update, no moments, no weight decay)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for p in frozen:
+        p.grad = None
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def epoch_row(what: str, epoch: int, lr: float, loss_sum: torch.Tensor, seen: int, start: float) -> dict:
+    """The log row of one epoch of a generator or pretraining loop; a non-finite loss is a UserError."""
+    loss = float(loss_sum) / max(seen, 1)  # waits for the device, so the clock below is honest
+    seconds = time.perf_counter() - start
+    if not math.isfinite(loss):
+        raise UserError(f"{what} epoch {epoch}: loss is {loss}; lower --lr")
+    return {"epoch": epoch, "lr": lr, "loss": loss, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, rt: Runtime,
+                  desc: str = "predict", quiet: bool = True, view=None) -> np.ndarray:
+    """Softmax probabilities (N, classes) as float32 for a uint8 (N, H, W, C) array, in order.
+
+    `view` (a TTA function of the uint8 NHWC batch on the device) is applied before normalisation."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet, unit="batch"):
+        batch = torch.from_numpy(images[start:start + batch_size]).to(rt.device, non_blocking=True)
+        x = to_input(view(batch) if view else batch, *norm, rt)
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and norm layers (decaying them only hurts); the backbone's
+    peak LR is lr * backbone_lr_mult, the classifier head's is lr."""
+    if cfg.backbone_lr_mult == 1:  # one LR: the two groups (in model order) checkpoints had before the split
+        parts = [("all", list(model.parameters()), cfg.lr)]
+    else:
+        head, backbone = head_and_backbone(model)
+        parts = [("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)]
+    groups = []
+    for part, params, lr in parts:
+        trainable = [p for p in params if p.requires_grad]
+        groups += [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay,
+                    "initial_lr": lr, "part": part},
+                   {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "initial_lr": lr,
+                    "part": part}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
