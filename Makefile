@@ -20,12 +20,13 @@ demo: venv
 	$(PY) train.py --config configs/demo.yaml --exp demo --fold all --resume
 	$(PY) infer.py --exp demo
 
+# The suite runs on every core (pytest-xdist, one core per worker); fixtures that train are built once.
 test: venv
-	$(PY) -m pytest -x -q
+	$(PY) -m pytest -x -q -n auto
 
 # Unit tests only (seconds): skips the end-to-end script runs.
 test-fast: venv
-	$(PY) -m pytest -x -q -m "not slow"
+	$(PY) -m pytest -x -q -n auto -m "not slow"
 
 clean-demo:
 	rm -rf data/mnist5k runs/demo

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 # core <- data <- train <- infer <- the rest; packages on the same level never import each other.
 LEVELS = {"core": 0, "data": 1, "train": 2, "infer": 3,

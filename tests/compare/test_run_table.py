@@ -5,13 +5,14 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
 
 from src.compare.run_table import config_diff, run_table, settings_changed, table_text
 from src.core.errors import UserError
 from src.core.rundir import write_json, write_oof
 from src.train.config import TrainConfig
 from src.train.diagnostics import most_confident_wrong, per_class_table, write_diagnostics
+
+from helpers import run_script
 
 CLASSES = ["a", "b"]
 

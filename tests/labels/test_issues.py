@@ -3,10 +3,11 @@ explicit corrections with a record, and the script end to end on a tiny experime
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, train
 
 from src.core.errors import UserError
 from src.labels.issues import apply_corrections, label_issue_table, rank_label_issues, truth_recall
+
+from helpers import copy_run, run_script
 
 
 def noisy_probs(n=200, k=4, flips=(3, 50, 120), seed=0):
@@ -70,15 +71,15 @@ def test_corrections_are_explicit_recorded_and_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_label_errors_script_on_a_tiny_experiment(demo, tmp_path):
-    runs = tmp_path / "runs"
-    assert train(demo, "le", "--fold", "0,1", runs=runs).returncode == 0
-    proc = run_script("label_errors.py", "--exp", "le", "--runs-dir", str(runs), "--out-dir", str(tmp_path))
+def test_label_errors_script_on_a_tiny_experiment(tiny_run, tmp_path):
+    partial = copy_run(tiny_run, tmp_path / "runs")
+    for k in (2, 3, 4):
+        (partial / "tiny" / f"fold{k}" / "oof.csv").unlink()
+    proc = run_script("label_errors.py", "--exp", "tiny", "--runs-dir", str(partial), "--out-dir", str(tmp_path))
     assert proc.returncode == 2 and "not finished" in proc.stderr  # folds 2-4 have no OOF yet
-    assert train(demo, "le", "--fold", "all", "--resume", runs=runs).returncode == 0
-    proc = run_script("label_errors.py", "--exp", "le", "--runs-dir", str(runs), "--out-dir", str(tmp_path),
+    proc = run_script("label_errors.py", "--exp", "tiny", "--runs-dir", str(tiny_run), "--out-dir", str(tmp_path),
                       "--top", "8")
     assert proc.returncode == 0, proc.stderr
-    table = pd.read_csv(tmp_path / "label_errors_le.csv", dtype={"id": str})
+    table = pd.read_csv(tmp_path / "label_errors_tiny.csv", dtype={"id": str})
     assert len(table) == 200 and table["rank"].tolist() == list(range(1, 201)) and table["id"].is_unique
-    assert (tmp_path / "label_errors_le.png").is_file() and "Label-error candidates" in proc.stdout
+    assert (tmp_path / "label_errors_tiny.png").is_file() and "Label-error candidates" in proc.stdout

@@ -4,7 +4,8 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_script, train
+
+from helpers import run_script, train
 
 pytestmark = pytest.mark.slow
 

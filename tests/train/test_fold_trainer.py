@@ -5,28 +5,9 @@ import torch
 
 from src.core.errors import UserError
 from src.core.rundir import load_checkpoint, write_oof
-from src.data.images import ImageSpec
-from src.train.config import TrainConfig
-from src.train.engine import setup_runtime
-from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer, NonFiniteLoss
+from src.train.fold_trainer import NonFiniteLoss
 
-
-def binary_task(n=64, size_px=24, seed=0):
-    """A 24x24 binary task: class 1 images have a bright blob in the centre."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 60, (n, size_px, size_px, 1), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    images[labels == 1, 8:16, 8:16] = 230
-    return images, labels
-
-
-def make_trainer(tmp_path, rt=None, **overrides):
-    images, labels = binary_task()
-    cfg = TrainConfig(**{"epochs": 3, "batch_size": 16, "lr_warmup_epochs": 0.5, **overrides})
-    data = FoldData(images[:48], labels[:48], images[48:], labels[48:], [f"v{i}" for i in range(16)],
-                    [f"t{i}" for i in range(48)], {})
-    info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3], {"data": "tiny"})
-    return FoldTrainer(cfg, 0, tmp_path, data, info, rt or setup_runtime(cfg))
+from helpers import make_trainer
 
 
 def test_binary_gray_task_learns_and_reports_eer(tmp_path):

@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_competition, run_script
 
 from src.data.folds import make_fold_file
+
+from helpers import make_competition, run_script
 
 pytestmark = pytest.mark.slow
 

@@ -1,27 +1,19 @@
 """pseudo_label.py end to end on the small demo: per-fold pseudo-labels that only ever join training."""
 import json
-import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_script, train
+
+from helpers import copy_run, run_script, train
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def rounds(demo, tmp_path_factory):
+def rounds(demo, tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("pseudo")
-    # 100 of the demo's unlabelled digits keep the run short.
-    pool = demo["data"] / "unlabeled_small"
-    if not pool.exists():
-        pool.mkdir()
-        for path in sorted((demo["data"] / "unlabeled").glob("*.png"))[:100]:
-            shutil.copy(path, pool / path.name)
-    runs = root / "runs"
-    proc = train(demo, "pl-base", "--fold", "all", runs=runs)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_script("pseudo_label.py", "--exp", "pl-base", "--runs-dir", str(runs), "--rounds", "1",
+    runs = copy_run(tiny_run, root / "runs")  # round 0 is the shared tiny run
+    proc = run_script("pseudo_label.py", "--exp", "tiny", "--runs-dir", str(runs), "--rounds", "1",
                       "--threshold", "0", "--max-per-class", "3", "--unlabeled-dir", "unlabeled_small",
                       "--tta", "none", "--out-dir", str(root / "pseudo"), "--report-dir", str(root / "reports"),
                       "--submissions-dir", str(root / "subs"), "--quiet")
@@ -30,14 +22,14 @@ def rounds(demo, tmp_path_factory):
 
 
 def test_round_writes_per_fold_pseudo_labels_report_and_submission(rounds):
-    report = pd.read_csv(rounds / "reports" / "pseudo_pl-base.csv")
-    assert report["round"].tolist() == [0, 1] and report["exp"].tolist() == ["pl-base", "pl-base-pl1"]
+    report = pd.read_csv(rounds / "reports" / "pseudo_tiny.csv")
+    assert report["round"].tolist() == [0, 1] and report["exp"].tolist() == ["tiny", "tiny-pl1"]
     assert report["oof_accuracy"].between(0, 1).all() and report["private"].between(0, 1).all()
     assert report["pseudo_accuracy"].iloc[1] >= 0  # the demo knows the unlabelled digits' labels
-    assert (rounds / "reports" / "pseudo_pl-base.md").read_text().startswith("# Pseudo-labelling")
-    assert (rounds / "subs" / "pl-base-pl1.csv").is_file()
+    assert (rounds / "reports" / "pseudo_tiny.md").read_text().startswith("# Pseudo-labelling")
+    assert (rounds / "subs" / "tiny-pl1.csv").is_file()
     for k in range(5):
-        frame = pd.read_csv(rounds / "pseudo" / "pl-base-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)
+        frame = pd.read_csv(rounds / "pseudo" / "tiny-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)
         assert frame["id"].str.startswith("unlabeled_small/").all()
         assert frame["label"].value_counts().max() <= 3
 
@@ -45,8 +37,8 @@ def test_round_writes_per_fold_pseudo_labels_report_and_submission(rounds):
 def test_pseudo_rows_train_the_fold_and_are_never_validated(demo, rounds):
     folds = pd.read_csv(demo["folds"], dtype=str)
     for k in range(5):
-        run = rounds / "runs" / "pl-base-pl1" / f"fold{k}"
-        pseudo = set(pd.read_csv(rounds / "pseudo" / "pl-base-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)["id"])
+        run = rounds / "runs" / "tiny-pl1" / f"fold{k}"
+        pseudo = set(pd.read_csv(rounds / "pseudo" / "tiny-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)["id"])
         trained = set(pd.read_csv(run / "train_rows.csv", dtype=str)["id"])
         validated = set(pd.read_csv(run / "oof.csv", dtype=str)["id"])
         assert pseudo <= trained and not pseudo & validated
@@ -56,7 +48,7 @@ def test_pseudo_rows_train_the_fold_and_are_never_validated(demo, rounds):
 
 
 def test_train_refuses_pseudo_labels_of_another_fold(demo, rounds):
-    proc = train(demo, "pl-leak", "--fold", "1", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1" / "fold0"),
+    proc = train(demo, "pl-leak", "--fold", "1", "--pseudo", str(rounds / "pseudo" / "tiny-pl1" / "fold0"),
                  runs=rounds / "runs")
     assert proc.returncode == 2 and "made for fold 0, not fold 1" in proc.stderr
 
@@ -69,11 +61,11 @@ def test_bad_arguments_end_in_one_line(tmp_path):
 
 
 def test_soft_pseudo_labels_train_and_are_recorded(demo, rounds):
-    proc = train(demo, "pl-soft", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1"),
+    proc = train(demo, "pl-soft", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "tiny-pl1"),
                  "--pseudo-soft", runs=rounds / "runs")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((rounds / "runs" / "pl-soft" / "fold0" / "config.json").read_text())
     assert record["config"]["pseudo_soft"] is True and record["extra_rows"]["pseudo"]["rows"] > 0
-    proc = train(demo, "pl-soft-focal", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "pl-base-pl1"),
+    proc = train(demo, "pl-soft-focal", "--fold", "0", "--pseudo", str(rounds / "pseudo" / "tiny-pl1"),
                  "--pseudo-soft", "--loss", "focal", runs=rounds / "runs")
     assert proc.returncode == 2 and "pseudo_soft needs" in proc.stderr

@@ -8,12 +8,13 @@ from xml.etree import ElementTree
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, train
 
 from src.core.errors import UserError
 from src.labels.knn import AutoLabelRule, auto_label, knn_votes, review_queue, uncertainty
 from src.labels.labelstudio import export_tasks, read_labelstudio_export
 from src.labels.review import control_accuracy, majority_vote, merge_labels, read_reviews
+
+from helpers import run_script, train
 
 
 def test_knn_votes_and_the_agreement_rule():

@@ -3,11 +3,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_competition
 
 from src.core.errors import UserError
 from src.data.contract import read_train_table
 from src.data.folds import assign_folds, connected_groups, make_fold_file, parse_fold_arg, read_folds
+
+from helpers import make_competition
 
 
 def test_folds_are_stratified_and_deterministic():

@@ -3,10 +3,11 @@ image is asked for at most once, and the script runs end to end on the small dem
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
 
 import src.labels.active as active
 from src.train.config import TrainConfig
+
+from helpers import run_script
 
 
 def fake_pool(n_pool=40):

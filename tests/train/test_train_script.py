@@ -1,23 +1,14 @@
 """Smoke tests: the real scripts, end to end, on a small version of the demo competition."""
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY, run_script, train
+
+from helpers import REPO, TINY, kill_after_epoch, log_metrics, run_script, train
 
 pytestmark = pytest.mark.slow
-
-METRIC_COLS = ["epoch", "lr", "train_loss", "val_accuracy", "val_macro_f1", "val_log_loss"]
-
-
-def metrics(run_dir):
-    return pd.read_csv(run_dir / "log.csv")[METRIC_COLS]
-
 
 def test_prepare_demo_builds_a_stratified_competition_idempotently(demo):
     data = demo["data"]
@@ -69,37 +60,21 @@ def test_no_tensorboard_flag_writes_no_event_files_and_changes_nothing_learned(d
     for exp, flag in (("on", "--tensorboard"), ("off", "--no-tensorboard")):
         assert train(demo, exp, "--fold", "0", flag, runs=runs).returncode == 0
     assert (runs / "on" / "fold0" / "tb").is_dir() and not (runs / "off" / "fold0" / "tb").exists()
-    pd.testing.assert_frame_equal(metrics(runs / "on" / "fold0"), metrics(runs / "off" / "fold0"))
+    pd.testing.assert_frame_equal(log_metrics(runs / "on" / "fold0"), log_metrics(runs / "off" / "fold0"))
 
 
 def test_same_seed_gives_identical_metrics(demo):
     runs = demo["root"] / "determinism"
     for exp in ("a", "b"):
         assert train(demo, exp, "--fold", "0", runs=runs).returncode == 0
-    pd.testing.assert_frame_equal(metrics(runs / "a" / "fold0"), metrics(runs / "b" / "fold0"))
-
-
-def kill_after_epoch(cmd: list[str], last, epoch: int) -> tuple[int, str]:
-    """Start training, SIGTERM it once last.pt holds `epoch` finished epochs; (exit code, stderr)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch:
-                break
-        except (RuntimeError, EOFError, OSError):  # replaced while we read it: look again
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+    pd.testing.assert_frame_equal(log_metrics(runs / "a" / "fold0"), log_metrics(runs / "b" / "fold0"))
 
 
 def test_kill_and_resume_at_random_epochs_five_times_ends_exactly_like_an_uninterrupted_run(demo):
     runs = demo["root"] / "resume"
     args = ["--fold", "0", "--epochs", "8", "--augment", "heavy"]
     assert train(demo, "full", *args, runs=runs).returncode == 0
-    expected = metrics(runs / "full" / "fold0")
+    expected = log_metrics(runs / "full" / "fold0")
     rng = np.random.default_rng(0)
     for attempt in range(5):
         exp = f"killed{attempt}"
@@ -111,7 +86,7 @@ def test_kill_and_resume_at_random_epochs_five_times_ends_exactly_like_an_uninte
         assert "--resume" in err.strip().splitlines()[-1]
         assert 1 <= torch.load(last, weights_only=True)["epoch"] < 8
         assert train(demo, exp, *args, "--resume", runs=runs).returncode == 0
-        pd.testing.assert_frame_equal(expected, metrics(runs / exp / "fold0"))
+        pd.testing.assert_frame_equal(expected, log_metrics(runs / exp / "fold0"))
 
 
 def test_an_existing_run_needs_resume_or_overwrite(demo):

@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
 
 from src.data.eda import dhash, drift_table, hamming_pairs
+
+from helpers import run_script
 
 
 def noise_competition(root, n=24, size_px=32, seed=0):

@@ -2,11 +2,12 @@ import argparse
 import json
 
 import pytest
-from conftest import REPO, run_script
 
 from src.core.config import add_config_flags, config_from_args, config_from_dict
 from src.core.errors import UserError
 from src.train.config import TrainConfig
+
+from helpers import REPO, run_script
 
 
 def parse(argv):
