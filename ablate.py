@@ -5,15 +5,14 @@ each fold model, and writes reports/<name>.md/.csv/.png with each arm's paired d
 baseline, its 95 % interval and a verdict. --print-jobs lists the training jobs as plain commands for a
 cluster scheduler; --collect only writes the report from what has finished.
 """
-import argparse
 import dataclasses
 import sys
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("spec", help="ablation file (YAML/JSON): arms, seeds, folds, regimes; see configs/ablations/")
     parser.add_argument("--name", default="", help="report and experiment name (default: the spec's)")
     parser.add_argument("--seeds", default="", help="override the spec's seeds (every regime), e.g. 42,43")

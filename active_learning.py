@@ -7,14 +7,13 @@ From the labelled start, each round asks for --batch more labels, either the mos
 under the current model or random ones (answered from unlabeled_solution.csv), retrains with the same compute
 budget, and scores the whole test set (solution.csv). Reports the labels each strategy needs to reach --target.
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k_lpc10", help="demo folder with hidden labels")
     parser.add_argument("--config", default="configs/lowlabel.yaml", help="train.py config for every round")
     parser.add_argument("--batch", type=int, default=50, help="labels asked for per round")

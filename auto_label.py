@@ -8,14 +8,13 @@ Studio), queue_key.csv and controls.csv (keep these from the reviewers),
 embedding_map.png (PCA coloured by label) and knn_check.csv (the rule's accuracy on the labelled rows).
 Read the reviews (CSVs or a Label Studio JSON export) back with import_reviews.py.
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--exp", required=True, help="trained experiment under --runs-dir")
     parser.add_argument("--runs-dir", default="runs", help="where the experiments are")
     parser.add_argument("--fold", type=int, default=0, help="whose model embeds the images")

@@ -4,14 +4,13 @@ Class balance; image size, channel and intensity statistics of train vs test wit
 images per class; exact and near-duplicate images (difference hash) within train and across train/test,
 with label conflicts first; files that cannot be read (listed, not fatal).
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder")
     parser.add_argument("--train-csv", default="train.csv", help="labels file inside the data folder")
     parser.add_argument("--image-dir", default="train", help="training image folder inside the data folder")

@@ -3,15 +3,14 @@
 Commands: train (the generator, on the fold's training rows only), sample (labelled images + manifest,
 filtered by a classifier when one is given), report (Classification Accuracy Score), all (the three).
 """
-import argparse
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 from src.core.config import add_config_flags, config_from_args
 from src.synthetic.config import GenConfig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("command", choices=["train", "sample", "report", "all"], help="what to run")
     parser.add_argument("--fold", default="0", help="fold index, comma list (0,2,4) or 'all'")
     parser.add_argument("--resume", action="store_true", help="continue the generator from its last.pt, exactly")

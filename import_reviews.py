@@ -7,15 +7,14 @@ Several reviewers per item are fine: the majority of the trusted reviewers decid
 A reviewer is trusted when their accuracy on the hidden control items reaches --min-control-accuracy.
 Control items are never merged. --include-auto also merges auto_labels.csv.
 """
-import argparse
 import json
 from pathlib import Path
 
-from src.core.cli import run_main
+from src.core.cli import build_parser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("reviews", nargs="*", help="filled-in review CSVs and/or Label Studio JSON exports")
     parser.add_argument("--queue-dir", required=True, help="auto_label.py's output folder")
     parser.add_argument("--out", required=True, help="the new train CSV (inside the data folder; never the original)")

@@ -4,10 +4,9 @@
     python infer.py --exp e1 e2 --blend fitted      # blend two experiments with OOF-fitted weights
     python infer.py --exp demo --images a.png b.png # just predict some files
 """
-import argparse
 import dataclasses
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 from src.infer.pipeline import InferOptions, make_submission, predict_files
 
 CHOICES = {"blend": ["mean", "fitted"], "device": ["auto", "cpu", "cuda"]}
@@ -30,7 +29,7 @@ HELP = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--exp", nargs="+", required=True, help="experiment name(s) under --runs-dir")
     parser.add_argument("--images", nargs="+", help="predict these image files instead of the test set")
     for f in dataclasses.fields(InferOptions):

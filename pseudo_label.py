@@ -4,10 +4,9 @@ fold's training split, retrain every fold, repeat.
     python pseudo_label.py --exp demo10 --rounds 3 --threshold 0.95
     python pseudo_label.py --exp demo10 --use-test --max-per-class 300   # test images too (transductive)
 """
-import argparse
 import dataclasses
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 from src.core.errors import UserError
 from src.pseudo.rounds import PseudoOptions, run_rounds
 from src.pseudo.select import per_round
@@ -35,7 +34,7 @@ HELP = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--exp", required=True, help="trained experiment to start from (round 0)")
     for f in dataclasses.fields(PseudoOptions):
         if f.name in HELP:

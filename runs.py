@@ -4,14 +4,13 @@ Per experiment: model, settings that differ from train.py's defaults, folds fini
 std over folds, public/private score of its newest infer.py submission (with a solution file), training
 minutes and when it last trained. Printed, and written as <out>.md and <out>.csv.
 """
-import argparse
 from pathlib import Path
 
-from src.core.cli import run_main
+from src.core.cli import build_parser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--runs-dir", default="runs", help="where the experiments are")
     parser.add_argument("--submissions-dir", default="submissions", help="where infer.py wrote submissions")
     parser.add_argument("--metric", default="accuracy", help="OOF metric to show and sort by")

@@ -2,13 +2,12 @@
 
     python score.py submissions/demo.csv --solution data/mnist5k/solution.csv
 """
-import argparse
 
-from src.core.cli import run_main
+from src.core.cli import build_parser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("submission", help="submission CSV (id column first, as in sample_submission.csv)")
     parser.add_argument("--solution", default="data/mnist5k/solution.csv",
                         help="solution CSV: id, label, Usage (Public/Private) (default data/mnist5k/solution.csv)")

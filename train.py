@@ -2,15 +2,14 @@
 
 Without --fold the fold comes from $KIT_FOLD or $SLURM_ARRAY_TASK_ID (one fold per array task), else 0.
 Data-parallel on several GPUs (or CPU processes): torchrun --nproc-per-node N train.py --fold 0."""
-import argparse
 
-from src.core.cli import quiet_default, run_main
+from src.core.cli import build_parser, quiet_default, run_main
 from src.core.config import add_config_flags, config_from_args
 from src.train.config import TrainConfig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = build_parser(__doc__)
     parser.add_argument("--fold", default=None,
                         help="fold index, comma list (0,2,4) or 'all' (default: $KIT_FOLD, $SLURM_ARRAY_TASK_ID, 0)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt, exactly")

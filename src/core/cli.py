@@ -1,6 +1,7 @@
 """What every script shares: user errors as one line with exit code 2, Ctrl-C as exit code 130."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -22,3 +23,21 @@ def run_main(main: Callable[[], None], interrupt_hint: str = "") -> None:
 def quiet_default() -> bool:
     """Progress bars only on an interactive terminal (not in CI logs or pipes)."""
     return not sys.stderr.isatty()
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the script docstring's line breaks and appends a flag's default where it says something: not for
+    None, empty or a switch's True/False, nor when the help text already explains its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        silent = default is None or isinstance(default, bool) or default == "" or default is argparse.SUPPRESS
+        if silent or not action.option_strings or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def build_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser every script starts from (one help style for all)."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)

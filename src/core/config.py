@@ -31,6 +31,16 @@ def check_fields(cfg) -> None:
             raise UserError(f"config: {name} must be in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
 
 
+def clip_warmup(cfg) -> None:
+    """Clip a warmup that would fill the whole run (e.g. `--epochs 1` with the default 1-epoch warmup, a
+    natural smoke run) to half the run, and say so in one line."""
+    if cfg.lr_warmup_epochs >= cfg.epochs:
+        clipped = cfg.epochs / 2
+        print(f"note: lr_warmup_epochs {cfg.lr_warmup_epochs:g} is not shorter than epochs {cfg.epochs}; "
+              f"warming up for {clipped:g} epochs instead")
+        cfg.lr_warmup_epochs = clipped
+
+
 def _coerce(name: str, value, kind: type, source: str):
     """Convert a config-file value to the field's type or raise a UserError naming it."""
     if kind is bool:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from src.core.config import INF, check_fields
+from src.core.config import INF, check_fields, clip_warmup
 from src.core.errors import UserError
 from src.train.config import HELP
 
@@ -109,8 +109,7 @@ class PretrainConfig:
 
     def validate(self) -> "PretrainConfig":
         check_fields(self)
-        if self.lr_warmup_epochs >= self.epochs:
-            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        clip_warmup(self)
         if not self.exp or "/" in self.exp or self.exp.startswith("."):
             raise UserError(f"config: exp={self.exp!r} must be a plain folder name")
         # Here, not at the top: the script parses its arguments before the heavy imports.

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from src.core.config import INF, check_fields
+from src.core.config import INF, check_fields, clip_warmup
 from src.core.errors import UserError
 from src.train.config import HELP, DataFields
 
@@ -118,8 +118,7 @@ class GenConfig(DataFields):
         if self.resolution_px % 2 ** (levels - 1):
             raise UserError(f"config: resolution_px={self.resolution_px} must be divisible by {2 ** (levels - 1)} "
                             f"(the {self.size} network halves it {levels - 1} times)")
-        if self.lr_warmup_epochs >= self.epochs:
-            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        clip_warmup(self)
         for name in ("exp", "filter_exp"):
             value = getattr(self, name)
             if (name == "exp" or value) and (not value or "/" in value or value.startswith(".")):

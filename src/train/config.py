@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from src.core.config import INF, check_fields
+from src.core.config import INF, check_fields, clip_warmup
 from src.core.errors import UserError
 
 CHOICES = {
@@ -177,8 +177,7 @@ class TrainConfig(DataFields):
         if self.loss2 and not 0 < self.loss_switch_epoch < self.epochs:
             raise UserError(f"config: with loss2 set, loss_switch_epoch must be in 1..{self.epochs - 1} "
                             f"(got {self.loss_switch_epoch})")
-        if self.lr_warmup_epochs >= self.epochs:
-            raise UserError(f"config: lr_warmup_epochs ({self.lr_warmup_epochs}) must be < epochs ({self.epochs})")
+        clip_warmup(self)
         if self.pseudo_soft and (not self.pseudo or "focal" in (self.loss, self.loss2)):
             raise UserError("config: pseudo_soft needs pseudo (a pseudo_label.py folder) and loss ce or "
                             "label_smoothing (focal loss takes class indices only)")

@@ -56,11 +56,6 @@ def test_out_of_range_values_are_refused(argv, message):
         parse(argv)
 
 
-def test_invalid_values_are_refused():
-    with pytest.raises(UserError, match="lr_warmup_epochs"):
-        parse(["--epochs", "2", "--lr-warmup-epochs", "2"])
-
-
 def test_script_rejects_non_numeric_lr_and_unknown_choice_in_one_line():
     for args in (["--lr", "fast"], ["--scheduler", "linear"]):
         proc = run_script("train.py", *args)
@@ -95,3 +90,14 @@ def test_config_differences_fill_missing_keys_with_defaults_and_ignore_logging()
     assert config_differences({**now, "tensorboard": False}, now, TrainConfig) == []  # logging only
     assert config_differences({**older, "lr": 0.5}, now, TrainConfig) == ["lr"]
     assert config_differences({**now, "sync_batchnorm": True}, older, TrainConfig) == ["sync_batchnorm"]
+
+
+def test_a_warmup_as_long_as_the_run_is_clipped_to_half_of_it_with_a_note(capsys):
+    cfg = config_from_dict({"epochs": 1}, TrainConfig).validate()  # the default warmup is 1 epoch
+    assert cfg.lr_warmup_epochs == 0.5
+    assert capsys.readouterr().out.strip() == ("note: lr_warmup_epochs 1 is not shorter than epochs 1; warming up "
+                                               "for 0.5 epochs instead")
+    assert parse(["--epochs", "2", "--lr-warmup-epochs", "2"]).lr_warmup_epochs == 1  # explicit too
+    capsys.readouterr()
+    assert config_from_dict({"epochs": 3, "lr_warmup_epochs": 0.5}, TrainConfig).validate().lr_warmup_epochs == 0.5
+    assert capsys.readouterr().out == ""

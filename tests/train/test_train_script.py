@@ -63,6 +63,15 @@ def test_no_tensorboard_flag_writes_no_event_files_and_changes_nothing_learned(d
     pd.testing.assert_frame_equal(log_metrics(runs / "on" / "fold0"), log_metrics(runs / "off" / "fold0"))
 
 
+def test_a_one_epoch_smoke_run_trains_with_the_warmup_clipped(demo):
+    runs = demo["root"] / "one_epoch"
+    proc = run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]), "--runs-dir",
+                      str(runs), "--exp", "smoke1", "--epochs", "1", "--quiet")  # default warmup: 1 epoch
+    assert proc.returncode == 0, proc.stderr
+    assert "warming up for 0.5 epochs instead" in proc.stdout
+    assert len(log_metrics(runs / "smoke1" / "fold0")) == 1
+
+
 def test_same_seed_gives_identical_metrics(demo):
     runs = demo["root"] / "determinism"
     for exp in ("a", "b"):
