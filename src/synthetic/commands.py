@@ -68,13 +68,13 @@ def train_generator(cfg: GenConfig, fold: int, data: FoldImages, resume: bool, o
     rows = np.flatnonzero(data.fold_of != fold)  # never the fold's validation rows
     trainer = GeneratorTrainer(cfg, fold, out, data.images[rows], data.labels[rows], data.classes, data.spec,
                                data.fingerprint, rt)
+    if action == "resume":  # checks last.pt against this run before anything in the folder changes
+        trainer.resume()
     write_run_record(out, action, {**trainer.header(), "n_train": len(rows), "folds_csv": str(data.folds_path),
                                    "git_commit": git_commit(REPO), "packages": package_versions()})
     params = sum(p.numel() for p in trainer.unet.parameters())
     print(f"generator fold {fold}: {len(rows)} training rows, {cfg.size} UNet ({params / 1e6:.2f} M parameters) at "
           f"{cfg.resolution_px} px, {cfg.epochs} epochs, device {rt.device}")
-    if action == "resume":
-        trainer.resume()
     trainer.fit(quiet)
     return out
 

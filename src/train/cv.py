@@ -168,14 +168,14 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     results = []
     for k in folds:
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
+        if actions[k] == "resume":  # checks last.pt against this run before anything in the folder changes
+            trainer.resume()
         if rt.dist.is_main:
             write_run_record(trainer.run_dir, actions[k], {**trainer.header(), **record, "n_train": len(
                 trainer.data.train_labels), "n_val": len(trainer.data.val_labels)})
             # Which rows trained this fold, so anyone can check that no validation id is among them.
             write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
         barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
-        if actions[k] == "resume":
-            trainer.resume()
         trainer.fit(quiet)
         results.append(trainer.write_oof())
     if rt.dist.is_main:

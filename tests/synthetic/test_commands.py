@@ -92,3 +92,11 @@ def test_sample_refuses_a_fold_without_a_generator_and_keeps_existing_samples(de
     proc = run_gen(demo, generated.parent.parent, "sample", "--fold", "0")
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (generated / "fold0" / "manifest.csv").read_bytes() == before
+
+
+def test_a_refused_generator_resume_rewrites_nothing(demo, generated):
+    fold = generated / "fold0"
+    before = {name: (fold / name).read_bytes() for name in ("config.json", "last.pt", "generator.pt")}
+    proc = run_gen(demo, generated.parent.parent, "train", "--fold", "0", "--resume", "--lr", "0.01")
+    assert proc.returncode == 2 and "made with lr=" in proc.stderr
+    assert {name: (fold / name).read_bytes() for name in before} == before

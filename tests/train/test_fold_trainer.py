@@ -67,6 +67,16 @@ def test_resume_refuses_a_checkpoint_made_on_other_data(tmp_path):
         again.resume()
 
 
+def test_resume_refuses_a_checkpoint_made_on_another_kind_of_device(tmp_path):
+    first = make_trainer(tmp_path, epochs=2)
+    first.run_epoch(quiet=True)
+    first.epoch = 1
+    first.runtime = lambda: {"device": "cuda", "amp_dtype": "torch.bfloat16"}  # as if trained on a GPU
+    first.save_last()
+    with pytest.raises(UserError, match="resume on the same kind of device"):
+        make_trainer(tmp_path, epochs=2).resume()
+
+
 def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path):
     with pytest.raises(UserError, match="cannot take 24x24x1 input"):
         make_trainer(tmp_path, model="vit_tiny_patch16_224")

@@ -106,6 +106,16 @@ def test_an_existing_run_needs_resume_or_overwrite(demo):
     assert train(demo, "x", "--fold", "0", "--epochs", "1", "--overwrite", runs=runs).returncode == 0
 
 
+def test_a_refused_resume_rewrites_nothing_in_the_run_folder(demo):
+    runs = demo["root"] / "refused"
+    assert train(demo, "x", "--fold", "0", "--epochs", "2", runs=runs).returncode == 0
+    run = runs / "x" / "fold0"
+    before = {name: (run / name).read_bytes() for name in ("config.json", "train_rows.csv", "last.pt", "log.csv")}
+    proc = train(demo, "x", "--fold", "0", "--epochs", "2", "--lr", "0.5", "--resume", runs=runs)
+    assert proc.returncode == 2 and "made with lr=" in proc.stderr
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--fold", "7"], "--fold 7 is out of range"),
     (["--model", "resnet_does_not_exist"], "is not a timm model name"),
