@@ -77,7 +77,11 @@ def score_frame(sub: pd.DataFrame, sol: pd.DataFrame, metric: str = "", source: 
     metric = metric or ("accuracy" if is_label else "log_loss")
     if metric not in METRICS:
         raise UserError(f"--metric {metric!r}: choose from {list(METRICS)}")
-    classes = sort_classes(sol[label_col])  # the order train.py uses, so a binary column means the same class
+    # The order train.py uses, so a binary column means the same class. A probability submission names every
+    # class in its columns, including any the solution happens not to hold.
+    classes = sort_classes(sol[label_col])
+    if not is_label and set(classes) <= set(sub.columns) and list(sub.columns) != [label_col]:
+        classes = sort_classes(sub.columns)
     truth = sol[label_col].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if is_label:
         if metric not in ("accuracy", "macro_f1"):
@@ -108,7 +112,7 @@ def _is_probability_column(values: pd.Series) -> bool:
 
 
 def _probability_matrix(sub: pd.DataFrame, classes: list[str], label_col: str, source: Path) -> np.ndarray:
-    if sorted(sub.columns) == classes:
+    if sorted(sub.columns) == sorted(classes):  # any column order; never compare text to numeric order
         frame = sub[classes]
     elif list(sub.columns) == [label_col] and len(classes) == 2:
         p1 = pd.to_numeric(sub[label_col], errors="coerce")

@@ -73,3 +73,13 @@ def test_binary_probability_column_means_the_second_class_in_numeric_order():
     sub = pd.DataFrame({"id": ["a", "b"], "label": [0.01, 0.99]})  # P(class '10'), '10' sorts after '9'
     scores = score_frame(sub, solution)
     assert scores["public"] == pytest.approx(-np.log(0.99)) and scores["private"] == pytest.approx(-np.log(0.99))
+
+
+def test_probability_submission_with_eleven_integer_classes_is_scored():
+    classes = [str(i) for i in range(11)]  # text order puts '10' after '1'; the class order is numeric
+    solution = pd.DataFrame({"id": ["a", "b"], "label": ["10", "2"], "Usage": ["Public", "Private"]})
+    probs = np.full((2, 11), 0.01)
+    probs[0, 10], probs[1, 2] = 0.9, 0.9
+    sub = pd.concat([solution[["id"]], pd.DataFrame(probs, columns=classes)[sorted(classes)]], axis=1)
+    scores = score_frame(sub, solution)
+    assert scores["public"] == pytest.approx(-np.log(0.9)) and scores["private"] == pytest.approx(-np.log(0.9))
