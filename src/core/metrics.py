@@ -11,7 +11,11 @@ def label_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def label_macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
-    return float(f1_score(y, pred, average="macro", labels=np.arange(num_classes), zero_division=0))
+    """Mean F1 over the classes that occur in the truth or the predictions; a class in neither (a fold without
+    it) would otherwise count as an F1 of 0. A prediction outside the classes (-1) is simply wrong."""
+    present = np.union1d(y, pred)
+    present = present[(present >= 0) & (present < num_classes)]
+    return float(f1_score(y, pred, average="macro", labels=present, zero_division=0))
 
 
 def accuracy(y: np.ndarray, probs: np.ndarray) -> float:

@@ -297,6 +297,12 @@ class FoldTrainer:
                     print(self.epoch_line(row, improved), flush=True)
                     self.write_progress(final=False)
                     board.scalars(row, row["epoch"])
+            if self.stopper.best is None:  # the monitor was NaN in every epoch, so no epoch could be chosen
+                self.save_best(float("nan"))
+                if self.dist.is_main:
+                    print(f"fold {self.fold}: val {self.cfg.monitor} was NaN in every epoch (undefined on this "
+                          f"fold's validation rows); best.pt holds the last epoch's weights. Pick a --monitor that "
+                          f"is defined here (accuracy, log_loss)")
             if self.stopper.should_stop and self.epoch < self.cfg.epochs and self.dist.is_main:
                 print(f"fold {self.fold}: early stop after epoch {self.epoch - 1} "
                       f"(best {self.cfg.monitor} {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")

@@ -43,3 +43,12 @@ def test_binary_tasks_report_eer_and_multiclass_do_not():
     y = np.array([0, 1, 0, 1])
     assert "eer" in compute_metrics(y, binary_probs([0.2, 0.9, 0.4, 0.6]))
     assert "eer" not in compute_metrics(np.array([0, 1, 2]), np.eye(3))
+
+
+def test_macro_f1_ignores_a_class_absent_from_truth_and_predictions():
+    y = np.array([0, 0, 1, 1])  # class 2 exists (e.g. a fold without it) but nobody has or predicts it
+    probs = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    assert macro_f1(y, probs) == 1.0
+    from src.core.metrics import label_macro_f1
+    assert label_macro_f1(y, np.array([0, 0, 1, 2]), 3) == pytest.approx((1 + 2 / 3 + 0) / 3)  # predicted: counts
+    assert label_macro_f1(y, np.array([0, 0, 1, -1]), 3) == pytest.approx((1 + 2 / 3) / 2)  # -1: unknown label

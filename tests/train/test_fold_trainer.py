@@ -125,3 +125,12 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     assert (tmp_path / "last.pt").read_bytes() == good
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # still verifies against the manifest
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_monitor_that_is_nan_every_epoch_still_leaves_best_pt_and_oof(tmp_path, capsys):
+    trainer = make_trainer(tmp_path, monitor="roc_auc", epochs=2)
+    trainer.data.val_labels = np.zeros_like(trainer.data.val_labels)  # one class: ROC-AUC undefined
+    trainer.fit(quiet=True)
+    result = trainer.write_oof()
+    assert result["best_epoch"] == 1 and (tmp_path / "oof.csv").is_file()
+    assert "roc_auc was NaN in every epoch" in capsys.readouterr().out
