@@ -50,10 +50,12 @@ MIN_PAIRS = 3
 
 def verdict(result: PairedResult, higher_is_better: bool = True) -> str:
     """'helps' when the whole interval lies on the better side of 0, 'hurts' on the worse side, else
-    'no evidence'; fewer than MIN_PAIRS pairs are 'too few pairs' (with two, equal differences give a
-    zero-width interval, e.g. both folds one image worse, which is no evidence of anything)."""
+    'no evidence'; fewer than MIN_PAIRS pairs are 'too few pairs', and equal differences (a zero-width
+    interval, e.g. every fold exactly one image worse) are 'no evidence (zero variance)', never a verdict."""
     if result.n_pairs < MIN_PAIRS:
         return "too few pairs"
+    if result.low == result.high:  # every pair moved by the same amount: the interval has no width to judge
+        return "no evidence (zero variance)"
     low, high = (result.low, result.high) if higher_is_better else (-result.high, -result.low)
     if low > 0:
         return "helps"

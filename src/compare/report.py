@@ -176,7 +176,7 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
              f"Differences are arm − baseline in percentage points, paired over (fold, seed), with a 95 % {method}. "
              "Folds share training rows, so the pairs are not fully independent and the intervals lean optimistic. "
              "Verdict: helps / hurts when the whole interval is above / below 0, else no evidence; with fewer "
-             "than 3 pairs: too few pairs.",
+             "than 3 pairs: too few pairs; when every pair differs by the same amount: no evidence (zero variance).",
              f"Written {datetime.now().isoformat(timespec='seconds')}, git {git_commit(Path.cwd())}.", ""]
     for regime in regimes(spec):
         part = summary[summary["regime"] == regime.name]

@@ -24,7 +24,8 @@ def test_bootstrap_is_seeded_and_close_to_the_normal_interval():
 
 
 @pytest.mark.parametrize("diffs, expected", [([-3, -2, -4, -3], "hurts"), ([-1, 1, -2, 2], "no evidence"),
-                                             ([0.01] * 5, "helps"), ([0.0] * 5, "no evidence")])
+                                             ([0.01] * 5, "no evidence (zero variance)"),
+                                             ([0.0] * 5, "no evidence (zero variance)")])
 def test_verdicts(diffs, expected):
     assert verdict(paired_ci(np.array(diffs, dtype=float))) == expected
 
@@ -44,3 +45,10 @@ def test_two_equal_differences_are_too_few_pairs_not_a_verdict():
     assert result.low == result.high == -0.00125 and verdict(result) == "too few pairs"
     with pytest.raises(ValueError):
         paired_ci(np.array([1.0, 2.0]), "jackknife")
+
+
+def test_equal_differences_give_no_verdict_with_either_interval():
+    for method in ("t", "bootstrap"):  # three equal differences: a zero-width interval that says nothing
+        result = paired_ci(np.array([0.004, 0.004, 0.004]), method)
+        assert verdict(result) == "no evidence (zero variance)"
+        assert verdict(result, higher_is_better=False) == "no evidence (zero variance)"
