@@ -44,7 +44,16 @@ def nested_fit(fold_of: np.ndarray, fit, apply) -> tuple[np.ndarray, list]:
     return out, params
 
 
-def nested_blend(y: np.ndarray, fold_of: np.ndarray, probs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """OOF blend where each fold's rows use weights fitted on the other folds only; also returns those weights."""
-    return nested_fit(fold_of, fit=lambda rows: fit_weights(y[rows], [p[rows] for p in probs]),
-                      apply=lambda w, rows: blend([p[rows] for p in probs], w))
+def nested_blend(y: np.ndarray, fold_of: np.ndarray, probs_for: list) -> tuple[np.ndarray, list[np.ndarray]]:
+    """OOF blend where each fold's rows use weights fitted on the other folds only; also returns those weights.
+
+    probs_for holds, per experiment, its OOF probabilities, or a function of the fitting rows that returns
+    them with any choice of its own (infer.py's greedy TTA views) made on those rows only: then that choice
+    is nested too, and the score stays honest."""
+    def fit(rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        probs = [p(rows) if callable(p) else p for p in probs_for]
+        return probs, fit_weights(y[rows], [p[rows] for p in probs])
+
+    out, params = nested_fit(fold_of, fit=fit, apply=lambda fitted, rows: blend([p[rows] for p in fitted[0]],
+                                                                                fitted[1]))
+    return out, [weights for _, weights in params]

@@ -75,31 +75,39 @@ def scores(y: np.ndarray, probs: np.ndarray) -> dict:
     return {"oof_accuracy": accuracy(y, probs), "oof_log_loss": logloss(y, probs)}
 
 
-def select_views(p: Predictor, data: OofData, greedy: bool, quiet: bool) -> tuple[np.ndarray, pd.DataFrame]:
-    """Score every candidate view on OOF rows, choose the views (all, or greedy), return their mean OOF."""
+def select_views(p: Predictor, data: OofData, greedy: bool, quiet: bool
+                 ) -> tuple[np.ndarray, pd.DataFrame, object]:
+    """Score every candidate view on OOF rows, choose the views (all, or greedy), return their mean OOF, the
+    table, and what the nested blend needs: the mean OOF, or with greedy a function of the fitting rows that
+    chooses the views on those rows only."""
     by_view = oof_by_view(p, data, p.views, quiet)
     rows = [{"views": v, **scores(data.y, probs)} for v, probs in by_view.items()]
     rows.append({"views": f"mean of all {len(by_view)}", **scores(data.y, np.mean(list(by_view.values()), axis=0))})
+    nested_input = None
     if greedy:
         p.views = greedy_views(data.y, by_view)
-        nested, _ = nested_fit(data.fold_of,
-                               fit=lambda train: greedy_views(data.y[train], {v: b[train] for v, b in by_view.items()}),
-                               apply=lambda views, held: np.mean([by_view[v][held] for v in views], axis=0))
+
+        def nested_input(fit_rows: np.ndarray) -> np.ndarray:
+            views = greedy_views(data.y[fit_rows], {v: b[fit_rows] for v, b in by_view.items()})
+            return np.mean([by_view[v] for v in views], axis=0)
+
+        nested, _ = nested_fit(data.fold_of, fit=nested_input, apply=lambda probs, held: probs[held])
         rows.append({"views": "greedy, nested (each fold scored with views chosen on the others)",
                      **scores(data.y, nested)})
     chosen = np.mean([by_view[v] for v in p.views], axis=0)
     rows.append({"views": "chosen: " + "+".join(p.views), **scores(data.y, chosen)})
-    return chosen, pd.DataFrame(rows)
+    return chosen, pd.DataFrame(rows), chosen if nested_input is None else nested_input
 
 
-def blend_weights(names: list[str], data: OofData, oofs: list[np.ndarray], mode: str
-                  ) -> tuple[np.ndarray, pd.DataFrame]:
+def blend_weights(names: list[str], data: OofData, oofs: list[np.ndarray], mode: str, nested_inputs: list,
+                  greedy: bool) -> tuple[np.ndarray, pd.DataFrame]:
     """Weights per experiment (equal, or fitted on all OOF rows) and a table with each alone, the mean,
-    and fitted weights scored by the nested scheme."""
+    and fitted weights scored by the nested scheme (with greedy TTA, the views are chosen inside it too)."""
     rows = [{"blend": n, **scores(data.y, o)} for n, o in zip(names, oofs)]
     rows.append({"blend": "mean", **scores(data.y, np.mean(oofs, axis=0))})
-    nested, _ = nested_blend(data.y, data.fold_of, oofs)
-    rows.append({"blend": "fitted weights, nested (each fold scored with weights fitted on the others)",
+    nested, _ = nested_blend(data.y, data.fold_of, nested_inputs)
+    chosen = "weights and greedy TTA views" if greedy else "weights"
+    rows.append({"blend": f"fitted weights, nested (each fold scored with {chosen} chosen on the others)",
                  **scores(data.y, nested)})
     weights = fit_weights(data.y, oofs) if mode == "fitted" else np.full(len(oofs), 1 / len(oofs))
     return weights, pd.DataFrame(rows)
@@ -180,12 +188,14 @@ def make_submission(opt: InferOptions) -> dict:
     solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
     check_writable(opt.out_dir, "the submission")
     data = load_oof_data(predictors, opt.quiet)
-    report, oofs = [f"# Submission {opt.name}\n"], []
+    report, oofs, nested_inputs = [f"# Submission {opt.name}\n"], [], []
     for p in predictors:
-        oof, table = select_views(p, data, opt.tta == "greedy", opt.quiet)
+        oof, table, nested_input = select_views(p, data, opt.tta == "greedy", opt.quiet)
         oofs.append(oof)
+        nested_inputs.append(nested_input)
         report.append(f"## TTA on OOF rows: {p.exp_dir.name}\n\n{markdown_table(table)}\n")
-    weights, table = blend_weights([p.exp_dir.name for p in predictors], data, oofs, opt.blend)
+    weights, table = blend_weights([p.exp_dir.name for p in predictors], data, oofs, opt.blend, nested_inputs,
+                                   opt.tta == "greedy")
     blended_oof = blend(oofs, weights)
     if len(predictors) > 1:
         report.append(f"## Blend on OOF rows\n\n{markdown_table(table)}\n\nweights used ({opt.blend}): "

@@ -4,10 +4,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from helpers import run_subprocess
 
 from src.core.cli import build_parser
 from src.core.config import add_config_flags
+
+from helpers import run_subprocess
 
 
 @dataclass

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from src.core.metrics import logloss
 from src.infer.ensemble import blend, fit_weights, nested_blend
 
 
@@ -32,3 +33,23 @@ def test_nested_blend_never_uses_a_folds_own_labels():
     assert np.allclose(out2[fold_of == 0], out[fold_of == 0])
     # ...while the other folds' rows, whose weights were fitted with fold 0's labels, do change.
     assert not np.allclose(out2[fold_of == 1], out[fold_of == 1])
+
+
+def test_a_choice_made_inside_the_nested_blend_sees_only_the_fitting_rows():
+    y = np.tile(np.arange(3), 40)
+    fold_of = np.arange(len(y)) % 4
+    views = {"good": noisy_probs(y, 0.5, 0), "bad": noisy_probs(y, 3.0, 1)}
+    seen = []
+
+    def best_view(labels):
+        def choose(rows):  # like infer.py's greedy TTA: pick on the fitting rows' labels
+            seen.append(rows.copy())
+            return views[min(views, key=lambda v: logloss(labels[rows], views[v][rows]))]
+        return choose
+
+    out, _ = nested_blend(y, fold_of, [best_view(y), views["bad"]])
+    assert len(seen) == 4 and all(not rows[fold_of == k].any() for k, rows in enumerate(seen))
+    scrambled = y.copy()
+    scrambled[fold_of == 0] = (scrambled[fold_of == 0] + 1) % 3
+    out2, _ = nested_blend(scrambled, fold_of, [best_view(scrambled), views["bad"]])
+    assert np.allclose(out2[fold_of == 0], out[fold_of == 0])

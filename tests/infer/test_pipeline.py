@@ -99,10 +99,11 @@ def test_two_experiments_blend_with_nested_fitted_weights(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "tiny", runs / "tiny")
     shutil.copytree(tiny_run / "tiny", runs / "twin")
     proc = run_script("infer.py", "--runs-dir", str(runs), "--exp", "tiny", "twin", "--blend", "fitted",
-                      "--out-dir", str(tmp_path), "--quiet")
+                      "--tta", "greedy", "--out-dir", str(tmp_path), "--quiet")
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "tiny+twin.md").read_text()
-    assert "## Blend on OOF rows" in report and "fitted weights, nested" in report
+    assert "## Blend on OOF rows" in report
+    assert "fitted weights, nested (each fold scored with weights and greedy TTA views chosen on the others)" in report
     assert "weights used (fitted): tiny=0.500, twin=0.500" in report  # identical models: any split is optimal
 
 

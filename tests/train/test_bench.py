@@ -1,5 +1,6 @@
 """The speed bench keeps running: its quick mode, end to end (numbers are not checked; machines are noisy)."""
 import pytest
+
 from helpers import run_script
 
 pytestmark = pytest.mark.slow
