@@ -156,3 +156,14 @@ def make_trainer(tmp_path, rt=None, **overrides):
                     [f"t{i}" for i in range(48)], {})
     info = DataInfo(["neg", "pos"], ImageSpec(24, 24, 1), [0.2], [0.3], {"data": "tiny"})
     return FoldTrainer(cfg, 0, tmp_path, data, info, rt or setup_runtime(cfg))
+
+
+def blank_final_weights(run_dir: Path) -> None:
+    """Rewrite a fold's last.pt so its final (EMA) weights predict the uniform distribution: a model that only
+    best.pt's weights make confident, to tell which weights a step used."""
+    from src.core.rundir import load_checkpoint, save_checkpoint
+    state = load_checkpoint(run_dir / "last.pt")
+    key = "ema" if state.get("ema") is not None else "model"
+    state[key] = {name: (value.new_ones(value.shape) if name.endswith("running_var") else value.new_zeros(value.shape))
+                  if value.is_floating_point() else value for name, value in state[key].items()}
+    save_checkpoint(run_dir / "last.pt", state)

@@ -1,4 +1,4 @@
-"""A trained experiment as a predictor: every fold's best.pt, averaged over folds and TTA views.
+"""A trained experiment as a predictor: every fold's best.pt (or final weights), averaged over folds and TTA views.
 
     from src.infer.predictor import Predictor
     p = Predictor.load("runs/demo")
@@ -30,7 +30,12 @@ class FoldModel:
     fold: int
     model: nn.Module
     norm: tuple
-    best_epoch: int
+    epoch: int  # the epoch whose weights these are
+
+
+# Which weights stand for a fold. best.pt's epoch was picked on the fold's validation labels: right for a
+# submission, but anything fed back into that fold's training (pseudo-labels) must use the final weights.
+WEIGHTS = ("best", "final")
 
 
 @dataclass
@@ -72,6 +77,18 @@ def parse_threshold(text: str) -> float | str | None:
     return value
 
 
+def fold_weights(run_dir: Path, weights: str) -> dict:
+    """A fold's checkpoint with `model` holding the requested weights: best.pt's, or the last epoch's
+    (last.pt's EMA average when the run kept one) with `epoch` the epoch they come from."""
+    if weights == "best":
+        return load_checkpoint(run_dir / "best.pt")
+    state = load_checkpoint(run_dir / "last.pt")
+    if not state.get("finished"):
+        raise UserError(f"{run_dir}/last.pt: training has not finished; resume it first")
+    model = state["ema"] if state.get("ema") is not None else state["model"]
+    return {**state, "model": model, "epoch": state["epoch"] - 1}
+
+
 class Predictor:
     """Fold ensemble of one experiment, with the TTA views it averages over."""
 
@@ -84,14 +101,17 @@ class Predictor:
 
     @classmethod
     def load(cls, exp_dir: str | Path, device: str = "auto", tta: str = "auto",
-             threshold: float | str | None = None, folds: list[int] | None = None) -> "Predictor":
+             threshold: float | str | None = None, folds: list[int] | None = None,
+             weights: str = "best") -> "Predictor":
         """Load every fold's best.pt (weights_only), or only `folds`'; `threshold` (binary only): a float, or
-        'eer' from OOF."""
+        'eer' from OOF. weights='final' takes each fold's last epoch instead (its EMA average when it has one)."""
         exp_dir = Path(exp_dir)
         parse_threshold("" if threshold is None else str(threshold))  # a bad value fails before any loading
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}")
         info = read_experiment(exp_dir, folds)
         fold_ids = list(range(info["n_folds"])) if folds is None else folds
-        states = [load_checkpoint(exp_dir / f"fold{k}" / "best.pt") for k in fold_ids]
+        states = [fold_weights(exp_dir / f"fold{k}", weights) for k in fold_ids]
         first = states[0]
         if tta == "greedy":
             raise UserError("--tta greedy chooses views on OOF rows; only infer.py's submission flow does that")
@@ -103,7 +123,7 @@ class Predictor:
             same = ("classes", "image_spec", "fingerprint")
             if any(state[key] != first[key] for key in same) or \
                     config_differences(state["config"], first["config"], TrainConfig):
-                raise UserError(f"{exp_dir}/fold{k}/best.pt: config, classes or data differ from fold "
+                raise UserError(f"{exp_dir}/fold{k}: config, classes or data differ from fold "
                                 f"{fold_ids[0]}'s; "
                                 f"retrain the experiment's folds with one config")
             # The weights come from the checkpoint: never re-read (or require) the original --pretrained file.
@@ -112,7 +132,7 @@ class Predictor:
             try:
                 model.load_state_dict(state["model"])
             except RuntimeError:
-                raise UserError(f"{exp_dir}/fold{k}/best.pt: weights do not fit model {cfg.model}") from None
+                raise UserError(f"{exp_dir}/fold{k}: weights do not fit model {cfg.model}") from None
             model.to(rt.device).eval()
             folds.append(FoldModel(k, model, norm_tensors(state["mean"], state["std"], rt), state["epoch"]))
         predictor = cls(exp_dir, cfg, first["classes"], spec, info["folds_csv"], first["fingerprint"], folds, rt,

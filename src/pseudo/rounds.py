@@ -1,6 +1,6 @@
-"""pseudo_label.py's rounds: each fold's model labels the unlabelled (and optionally test) images, its
-confident predictions join that fold's training split, every fold is retrained, and the next round
-starts from the new experiment. Each round writes its pseudo-label CSVs and a report row."""
+"""pseudo_label.py's rounds: each fold's model (its final weights) labels the unlabelled (and optionally test)
+images, its confident predictions join that fold's training split, every fold is retrained, and the next
+round starts from the new experiment. Each round writes its pseudo-label CSVs and a report row."""
 from __future__ import annotations
 
 import dataclasses
@@ -91,7 +91,8 @@ def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: P
             "round": round_index, "source_exp": str(predictor.exp_dir),
             "sources": [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else []),
             "threshold": opt.threshold, "max_per_class": cap, "balanced": opt.balanced,
-            "views": predictor.views, "created": datetime.now().isoformat(timespec="seconds"),
+            "views": predictor.views, "weights": f"last.pt of epoch {fold_model.epoch} (final, EMA when kept)",
+            "created": datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(REPO)})
         write_csv(folder / PSEUDO_CSV, frame)
         tables.append(selection_table(frame, predictor.classes, truth).assign(fold=fold_model.fold))
@@ -115,7 +116,9 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
     for folder, what in ((opt.out_dir, "pseudo-labels"), (opt.runs_dir, "run directories"),
                          (opt.report_dir, "the report"), (opt.submissions_dir, "submissions")):
         check_writable(folder, what)
-    predictor = Predictor.load(base, device=opt.device, tta=opt.tta)
+    # Final (EMA) weights: best.pt's epoch was chosen on each fold's validation labels, and these pseudo-labels
+    # go back into that fold's training.
+    predictor = Predictor.load(base, device=opt.device, tta=opt.tta, weights="final")
     # Retraining sees many more rows than the labelled-only start, so it may want other settings
     # (e.g. a larger batch and fewer epochs); everything else stays the starting experiment's.
     overrides = load_config_file(opt.retrain_config) if opt.retrain_config else {}
@@ -143,7 +146,7 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
                      "pseudo_accuracy": float(overall["accuracy"].mean()) if "accuracy" in overall else np.nan,
                      "oof_accuracy": pooled_oof(exp_dir(opt.runs_dir, name)), **leaderboard(name, opt)})
         print(markdown_table(pd.DataFrame(rows)))
-        predictor = Predictor.load(exp_dir(opt.runs_dir, name), device=opt.device, tta=opt.tta)
+        predictor = Predictor.load(exp_dir(opt.runs_dir, name), device=opt.device, tta=opt.tta, weights="final")
     report = pd.DataFrame(rows)
     write_report(opt, report, pd.concat(per_class))
     return report

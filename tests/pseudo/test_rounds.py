@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import copy_run, run_script, train
+from helpers import blank_final_weights, copy_run, run_script, train
 
 pytestmark = pytest.mark.slow
 
@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 def rounds(demo, tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("pseudo")
     runs = copy_run(tiny_run, root / "runs")  # round 0 is the shared tiny run
+    blank_final_weights(runs / "tiny" / "fold0")  # fold 0's best.pt stays confident; its final weights are not
     proc = run_script("pseudo_label.py", "--exp", "tiny", "--runs-dir", str(runs), "--rounds", "1",
                       "--threshold", "0", "--max-per-class", "3", "--unlabeled-dir", "unlabeled_small",
                       "--tta", "none", "--out-dir", str(root / "pseudo"), "--report-dir", str(root / "reports"),
@@ -32,6 +33,17 @@ def test_round_writes_per_fold_pseudo_labels_report_and_submission(rounds):
         frame = pd.read_csv(rounds / "pseudo" / "tiny-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)
         assert frame["id"].str.startswith("unlabeled_small/").all()
         assert frame["label"].value_counts().max() <= 3
+        meta = json.loads((rounds / "pseudo" / "tiny-pl1" / f"fold{k}" / "meta.json").read_text())
+        assert meta["weights"].startswith("last.pt")
+
+
+def test_pseudo_labels_come_from_the_final_weights_not_best_pt(rounds):
+    # best.pt's epoch was chosen on the fold's validation labels; the blanked final weights predict 0.1 for
+    # every class, so every fold-0 pseudo-label must carry confidence 0.1.
+    frame = pd.read_csv(rounds / "pseudo" / "tiny-pl1" / "fold0" / "pseudo.csv")
+    assert len(frame) == 3 and (frame["confidence"] == 0.1).all()
+    other = pd.read_csv(rounds / "pseudo" / "tiny-pl1" / "fold1" / "pseudo.csv")
+    assert (other["confidence"] > 0.1).all()
 
 
 def test_pseudo_rows_train_the_fold_and_are_never_validated(demo, rounds):
