@@ -193,6 +193,50 @@ def train_flags(spec: AblationSpec, arm: Arm, regime: Regime) -> list[str]:
     return shlex.split(fill(" ".join([spec.train, regime.train, arm.train]), regime))
 
 
+# train.py flags (and config-file keys) that point at files whose contents change what a run learns.
+FILE_FLAGS = ("--config", "--pretrained", "--synthetic", "--pseudo", "--folds-csv")
+# What identifies a folder's contents: the tables and records (sample manifests, pseudo-labels, meta.json),
+# not every image they list (a new image set always comes with a new manifest).
+FOLDER_FILES = ("*.csv", "*.json", "*.yaml", "*.pt")
+
+
+def flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
+    """The values given to `names` in a train.py argument list (`--x v` or `--x=v`)."""
+    values = []
+    for i, flag in enumerate(flags):
+        name, _, inline = flag.partition("=")
+        if name in names:
+            values.append(inline if inline else flags[i + 1] if i + 1 < len(flags) else "")
+    return values
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's identifying files (relative name + bytes); 'missing' if absent."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted({f for pattern in FOLDER_FILES for f in path.rglob(pattern)
+                                                  if f.is_file()}) if path.is_dir() else []
+    if not files:
+        return "missing"
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def referenced_files_digest(flags: list[str]) -> str:
+    """One digest over every file a run's flags point to (and the files its --config YAML points to), so a
+    changed config, backbone, sample or pseudo-label folder makes a new experiment instead of reusing the
+    finished runs made from the old one. Empty when the flags point to no file."""
+    paths = [Path(v) for v in flag_values(flags, FILE_FLAGS) if v]
+    for config in flag_values(flags, ("--config",)):
+        try:
+            values = load_config_file(config)
+        except UserError:  # train.py reports an unreadable config when it runs
+            continue
+        paths += [Path(str(values[k])) for k in ("pretrained", "synthetic", "pseudo", "folds_csv") if values.get(k)]
+    return "".join(f"{p}={content_digest(p)};" for p in paths)
+
+
 def plan_runs(spec: AblationSpec) -> dict[tuple[str, str, int], Run]:
     """(regime, arm, seed) -> the Run that trains it; arms with equal training flags share Runs."""
     plan = {}
@@ -202,7 +246,9 @@ def plan_runs(spec: AblationSpec) -> dict[tuple[str, str, int], Run]:
             flags = train_flags(spec, arm, regime)
             key = shlex.join(flags)
             owner = first_with.setdefault(key, arm.name)
-            digest = hashlib.sha256(f"{regime.data_dir}\0{key}".encode()).hexdigest()[:6]
+            referenced = referenced_files_digest(flags)
+            identity = f"{regime.data_dir}\0{key}" + (f"\0{referenced}" if referenced else "")
+            digest = hashlib.sha256(identity.encode()).hexdigest()[:6]
             for seed in regime.seeds:
                 exp = f"abl-{spec.name}-{regime.name}-{owner}-s{seed}-{digest}"
                 args = [*flags, "--data-dir", regime.data_dir, "--runs-dir", spec.runs_dir, "--exp", exp,

@@ -44,6 +44,29 @@ def test_arms_with_the_same_training_flags_share_runs_and_flags_name_the_experim
     assert "--seed" in plan[("x", "real", 2)].args and "2" in plan[("x", "real", 2)].args
 
 
+def test_a_changed_file_behind_a_flag_makes_a_new_experiment(tmp_path):
+    config, backbone, samples = tmp_path / "arm.yaml", tmp_path / "backbone.pt", tmp_path / "syn" / "fold0"
+    samples.mkdir(parents=True)
+    backbone.write_bytes(b"weights v1")
+    config.write_text(f"lr: 0.001\npretrained: {backbone}\n")
+    (samples / "manifest.csv").write_text("file,label\na.png,0\n")
+    arms = {"real": {}, "cfg": {"train": f"--config {config}"}, "syn": {"train": f"--synthetic={samples.parent}"}}
+
+    def names():
+        return {arm: run.exp for (_, arm, _), run in plan_runs(spec(arms=arms, seeds=[1])).items()}
+
+    first = names()
+    assert names() == first  # nothing changed: the finished runs are reused
+    config.write_text(f"lr: 0.002\npretrained: {backbone}\n")
+    after_config = names()
+    assert after_config["cfg"] != first["cfg"] and after_config["real"] == first["real"]
+    backbone.write_bytes(b"weights v2")  # named inside the YAML, not on the command line
+    after_weights = names()
+    assert after_weights["cfg"] != after_config["cfg"] and after_weights["syn"] == first["syn"]
+    (samples / "manifest.csv").write_text("file,label\nb.png,1\n")
+    assert names()["syn"] != first["syn"]
+
+
 def test_demo_regimes_get_their_folders_and_flags():
     s = spec(labels_per_class="10,all", regime_train={"10": "--batch-size 16"},
              arms={"real": {}, "syn": {"train": "--synthetic synthetic/g-lpc{lpc}"}})
