@@ -1,4 +1,6 @@
-"""Write folds/<name>_k<K>_s<seed>.csv (id,label,fold): stratified, optional groups, duplicates kept together."""
+"""Write folds/<data folder name>-<id key>_k<K>_s<seed>.csv (id,label,fold): stratified, optional groups,
+duplicates kept together. The key (a hash of the labelled ids) keeps two competitions in folders of the same
+name apart; a fold file made from another train.csv is never replaced unless --overwrite is given."""
 from pathlib import Path
 
 from src.core.cli import build_parser, quiet_default, run_main
@@ -14,14 +16,15 @@ def main() -> None:
     parser.add_argument("--group-col", default="", help="rows sharing this column's value share a fold")
     parser.add_argument("--n-folds", type=int, default=5, help="number of folds")
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed")
-    parser.add_argument("--out", default="", help="output CSV (default folds/<data name>_k<K>_s<seed>.csv)")
+    parser.add_argument("--out", default="",
+                        help="output CSV (default: folds/<data folder name>-<id key>_k<K>_s<seed>.csv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a fold file made from another train.csv")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     from src.data.folds import make_fold_file
-    name = Path(args.data_dir).resolve().name
-    out = Path(args.out) if args.out else Path("folds") / f"{name}_k{args.n_folds}_s{args.seed}.csv"
     make_fold_file(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col, args.group_col,
-                   args.n_folds, args.seed, out, quiet=args.quiet)
+                   args.n_folds, args.seed, Path(args.out) if args.out else None, quiet=args.quiet,
+                   overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from src.core.config import load_config_file
 from src.core.errors import UserError
 from src.core.repro import REPO
 from src.core.rundir import fold_dir, fold_finished
+from src.data.contract import read_train_table
 from src.data.folds import default_folds_path, parse_fold_arg
 
 ARM_KEYS = ("train", "tta")
@@ -265,15 +266,22 @@ def run_fold_finished(run: Run, runs_dir: str, k: int) -> bool:
     return fold_finished(fold_dir(runs_dir, run.exp, k))
 
 
+def regime_fold_file(data_dir: str) -> Path | None:
+    """The fold file make_folds.py (default columns) wrote for this data, or None when there is none yet
+    (prepare_commands makes it), the data is not prepared yet, or there are several (train.py will say so)."""
+    try:
+        table = read_train_table(data_dir, "train.csv", "train", "image", "label")
+        return default_folds_path("folds", data_dir, table.ids)
+    except UserError:
+        return None
+
+
 def run_folds(spec: AblationSpec, run: Run) -> list[int]:
-    """The regime's folds of this run's fold file (--folds-csv in the flags, else folds/<data name>_k*_s*.csv;
+    """The regime's folds of this run's fold file (--folds-csv in the flags, else the data's own fold file;
     5 folds, make_folds.py's default, while prepare_commands has yet to write it)."""
     args = run.args
-    try:
-        path = Path(args[args.index("--folds-csv") + 1]) if "--folds-csv" in args[:-1] else \
-            default_folds_path("folds", run.regime.data_dir)
-    except UserError:  # none yet (prepare_commands makes it), or several (train.py will say so)
-        path = None
+    path = Path(args[args.index("--folds-csv") + 1]) if "--folds-csv" in args[:-1] else \
+        regime_fold_file(run.regime.data_dir)
     n_folds = int(pd.read_csv(path, usecols=["fold"])["fold"].max()) + 1 if path and path.is_file() else 5
     return parse_fold_arg(run.regime.folds, n_folds)
 
@@ -285,9 +293,8 @@ def prepare_commands(spec: AblationSpec) -> list[list[str]]:
         if regime.labels_per_class and not Path(regime.data_dir).is_dir():
             out.append(["prepare_demo.py", "--labels-per-class", str(regime.labels_per_class),
                         "--out-dir", regime.data_dir])
-        name = Path(regime.data_dir).name
         given = "--folds-csv" in train_flags(spec, spec.arm(spec.baseline), regime)
-        if not given and not sorted(Path("folds").glob(f"{name}_k*_s*.csv")):
+        if not given and regime_fold_file(regime.data_dir) is None:
             out.append(["make_folds.py", "--data-dir", regime.data_dir])
     return out
 

@@ -1,6 +1,7 @@
 """Cross-validation folds: stratified, optionally grouped, with exact duplicates kept together."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -93,15 +94,45 @@ def read_folds(path: str | Path, table: LabelTable, id_col: str, label_col: str)
     return fold
 
 
-def default_folds_path(folds_dir: str | Path, data_dir: str | Path) -> Path:
-    """The single folds/<data name>_k*_s*.csv for this data set, or a UserError saying what to do."""
+def data_key(ids: list[str]) -> str:
+    """A short content key of a competition's labelled ids: two data sets in folders of the same name (both
+    called `data`, say) get different fold files."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:8]
+
+
+def fold_file_path(folds_dir: str | Path, data_dir: str | Path, ids: list[str], n_folds: int, seed: int) -> Path:
+    """folds/<data folder name>-<key of its ids>_k<K>_s<seed>.csv"""
+    return Path(folds_dir) / f"{Path(data_dir).resolve().name}-{data_key(ids)}_k{n_folds}_s{seed}.csv"
+
+
+def default_folds_path(folds_dir: str | Path, data_dir: str | Path, ids: list[str]) -> Path:
+    """The single fold file made for this data set (its folder name and ids), or a UserError saying what to do.
+    A file from before the key was added (<name>_k*_s*.csv) is used when it is the only one; read_folds then
+    checks that it lists exactly these ids."""
     name = Path(data_dir).resolve().name
-    found = sorted(Path(folds_dir).glob(f"{name}_k*_s*.csv"))
+    found = sorted(Path(folds_dir).glob(f"{name}-{data_key(ids)}_k*_s*.csv")) or \
+        sorted(Path(folds_dir).glob(f"{name}_k*_s*.csv"))
     if len(found) == 1:
         return found[0]
     if not found:
-        raise UserError(f"no fold file {folds_dir}/{name}_k*_s*.csv; run: python make_folds.py --data-dir {data_dir}")
+        raise UserError(f"no fold file for {data_dir} in {folds_dir}/; run: python make_folds.py --data-dir {data_dir}")
     raise UserError(f"several fold files for {name}: {[str(p) for p in found]}; choose one with --folds-csv")
+
+
+def check_fold_target(out: Path, table: LabelTable, id_col: str, label_col: str, overwrite: bool) -> None:
+    """Refuse to replace a fold file made from another train.csv (other ids or labels) unless asked: another
+    competition's folds, or the ones a finished run was trained with."""
+    if overwrite or not out.is_file():
+        return
+    try:
+        old = pd.read_csv(out, dtype=str, keep_default_na=False)
+        same = sorted(zip(old[id_col], old[label_col])) == sorted(
+            zip(table.ids, (table.classes[i] for i in table.labels)))
+    except (KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise UserError(f"{out} exists and was made from another train.csv (other ids or labels); pass "
+                        f"--overwrite to replace it, or --out for another file")
 
 
 FOLD_ENV_VARS = ("KIT_FOLD", "SLURM_ARRAY_TASK_ID")
@@ -133,12 +164,16 @@ def parse_fold_arg(text: str, n_folds: int, source: str = "--fold") -> list[int]
 
 
 def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str, group_col: str,
-                   n_folds: int, seed: int, out: Path, quiet: bool = True) -> pd.DataFrame:
-    """Validate the data, assign folds and write them atomically; prints per-fold class counts."""
+                   n_folds: int, seed: int, out: Path | None, quiet: bool = True, overwrite: bool = False,
+                   folds_dir: str | Path = "folds") -> pd.DataFrame:
+    """Validate the data, assign folds and write them atomically (to `out`, else the data set's own name in
+    `folds_dir`); prints per-fold class counts."""
     if n_folds < 2:
         raise UserError(f"--n-folds {n_folds}: need at least 2 folds")
     table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
     check_class_counts(table.labels, table.classes, n_folds, str(table.source))
+    out = Path(out) if out else fold_file_path(folds_dir, data_dir, table.ids, n_folds, seed)
+    check_fold_target(out, table, id_col, label_col, overwrite)
     hashes = [pixel_hash(image) for image in decode_all(table.paths, quiet=quiet)]
     keys = [hashes]
     if group_col:

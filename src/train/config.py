@@ -38,7 +38,8 @@ HELP = {
     "image_dir": "image folder inside data_dir",
     "id_col": "train.csv column with the image id or file name",
     "label_col": "train.csv column with the label",
-    "folds_csv": "fold file (id,label,fold); empty = the single folds/<data name>_k*_s*.csv",
+    "folds_csv": "fold file (id,label,fold); empty = the one make_folds.py wrote for this data, "
+                 "folds/<data folder name>-<id key>_k*_s*.csv",
     "runs_dir": "where run directories are created",
     "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
     "pretrained": "local weight file (.pt/.pth/.safetensors, or pretrain.py's backbone.pt); never downloaded",

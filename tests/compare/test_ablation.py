@@ -9,8 +9,9 @@ import yaml
 from src.compare.plan import job_lines, load_spec, plan_runs, regimes, spec_from_dict, unique_runs
 from src.compare.report import ENSEMBLE, markdown_report, summarize
 from src.core.errors import UserError
+from src.data.folds import make_fold_file
 
-from helpers import REPO, run_script
+from helpers import REPO, make_competition, run_script
 
 SPEC = {"name": "t", "data_dir": "data/x", "seeds": [1, 2], "folds": "0,1", "train": "--epochs 1",
         "arms": {"real": {}, "heavy": {"train": "--augment heavy"}, "tta": {"tta": "auto"}}}
@@ -78,11 +79,10 @@ def test_demo_regimes_get_their_folders_and_flags():
 
 def test_job_list_has_one_command_per_unfinished_fold(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data" / "x").mkdir(parents=True)
-    (tmp_path / "folds").mkdir()
-    pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 0], "fold": [0, 1, 2]}).to_csv(
-        tmp_path / "folds" / "x_k3_s42.csv", index=False)
+    make_competition(tmp_path / "data" / "x")
     s = spec()
+    assert job_lines(s)[0] == "python make_folds.py --data-dir data/x"  # no fold file for this data yet
+    make_fold_file("data/x", "train.csv", "train", "image", "label", "", 3, 42, None)  # folds/x-<key>_k3_s42.csv
     lines = job_lines(s)
     assert len(lines) == 2 * 2 * 2 and all(line.startswith("python train.py ") for line in lines)
     assert all("--resume" in line for line in lines)

@@ -6,7 +6,14 @@ import pytest
 
 from src.core.errors import UserError
 from src.data.contract import read_train_table
-from src.data.folds import assign_folds, connected_groups, make_fold_file, parse_fold_arg, read_folds
+from src.data.folds import (
+    assign_folds,
+    connected_groups,
+    default_folds_path,
+    make_fold_file,
+    parse_fold_arg,
+    read_folds,
+)
 
 from helpers import make_competition
 
@@ -108,3 +115,38 @@ def test_blank_group_values_are_separate_groups_and_too_few_groups_are_refused(t
     table.to_csv(root / "train.csv", index=False)
     with pytest.raises(UserError, match="only 2 groups .* for 3 folds"):
         make_fold_file(str(root), "train.csv", "train", "image", "label", "site", 3, 0, tmp_path / "g.csv")
+
+
+def test_two_competitions_in_folders_of_the_same_name_get_their_own_fold_files(tmp_path):
+    first = make_competition(tmp_path / "a" / "data", classes=("cat", "dog", "owl"))
+    second = make_competition(tmp_path / "b" / "data", classes=("ant", "bee", "fly"))
+    folds_dir = tmp_path / "folds"
+    for root in (first, second):
+        make_fold_file(str(root), "train.csv", "train", "image", "label", "", 3, 0, None, folds_dir=folds_dir)
+    written = sorted(p.name for p in folds_dir.glob("*.csv"))
+    assert len(written) == 2 and all(name.startswith("data-") and name.endswith("_k3_s0.csv") for name in written)
+    for root in (first, second):  # each finds its own, and it matches its train.csv
+        table = read_train_table(root, "train.csv", "train", "image", "label")
+        read_folds(default_folds_path(folds_dir, root, table.ids), table, "image", "label")
+
+
+def test_a_fold_file_made_from_another_train_csv_is_not_replaced_unless_asked(tmp_path):
+    first = make_competition(tmp_path / "a", classes=("cat", "dog", "owl"))
+    second = make_competition(tmp_path / "b", classes=("ant", "bee", "fly"))
+    out = tmp_path / "folds.csv"
+    make_fold_file(str(first), "train.csv", "train", "image", "label", "", 3, 0, out)
+    before = out.read_bytes()
+    make_fold_file(str(first), "train.csv", "train", "image", "label", "", 3, 0, out)  # same data: fine
+    with pytest.raises(UserError, match="made from another train.csv.*--overwrite"):
+        make_fold_file(str(second), "train.csv", "train", "image", "label", "", 3, 0, out)
+    assert out.read_bytes() == before
+    make_fold_file(str(second), "train.csv", "train", "image", "label", "", 3, 0, out, overwrite=True)
+    assert out.read_bytes() != before
+
+
+def test_a_fold_file_named_before_the_id_key_is_still_found(tmp_path, competition):
+    table = read_train_table(competition, "train.csv", "train", "image", "label")
+    legacy = tmp_path / "folds" / f"{competition.name}_k3_s0.csv"
+    legacy.parent.mkdir()
+    make_fold_file(str(competition), "train.csv", "train", "image", "label", "", 3, 0, legacy)
+    assert default_folds_path(tmp_path / "folds", competition, table.ids) == legacy
