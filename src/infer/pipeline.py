@@ -177,17 +177,49 @@ def check_outputs(opt: InferOptions, sample: pd.DataFrame, sample_path: Path, cl
 
 
 def make_submission(opt: InferOptions) -> dict:
-    """The whole flow; returns the submission's leaderboard scores (empty without a solution file)."""
+    """The whole flow; returns the submission's leaderboard scores (empty without a solution file). A data
+    folder with neither a test folder nor a sample submission (cross-validation only) gets the OOF report."""
     predictors = load_predictors(opt)
     lead = predictors[0]
     data_dir = Path(opt.data_dir or lead.cfg.data_dir)
-    sample_path = data_dir / opt.sample_csv
-    sample = read_sample(sample_path)
-    paths = test_images(data_dir, opt.test_dir, sample, sample_path)
-    solution_path = data_dir / opt.solution_csv
-    solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
+    sample_path, solution_path = data_dir / opt.sample_csv, data_dir / opt.solution_csv
+    cv_only = not sample_path.exists() and not (data_dir / opt.test_dir).exists()
+    if not cv_only:
+        sample = read_sample(sample_path)
+        paths = test_images(data_dir, opt.test_dir, sample, sample_path)
+        solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
     check_writable(opt.out_dir, "the submission")
     data = load_oof_data(predictors, opt.quiet)
+    report, weights, blended_oof = oof_report(predictors, data, opt)
+    out = Path(opt.out_dir)
+    if cv_only:
+        report[0] = f"# OOF report {opt.name}\n"
+        report.append(f"No submission: {data_dir} has no {opt.test_dir}/ and no {opt.sample_csv} (a cross-validation "
+                      f"only folder); this report and {opt.name}_oof_probs.csv are all there is to write.\n")
+        write_oof_outputs(out, opt.name, data, blended_oof, lead.classes, report)
+        return {}
+    per_exp, line = predict_test(predictors, paths, opt.quiet)
+    report.append(line)
+    final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
+    frame = build_submission(sample, lead.classes, final, lead.labels_from_probs(final), opt.proba, sample_path)
+    result = {}
+    if solution is not None:
+        table = leaderboard_table(sample, solution, lead, per_exp[0], frame, opt.proba, solution_path)
+        report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
+        result = table.iloc[-1].to_dict()
+    write_outputs(out, opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
+    if result:  # for the run table (runs.py)
+        write_json(out / f"{opt.name}_lb.json", {
+            "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
+            "metric": result["metric"], "public": result.get("public"), "private": result.get("private"),
+            "written": datetime.now().isoformat(timespec="seconds")})
+    return result
+
+
+def oof_report(predictors: list[Predictor], data: OofData, opt: InferOptions
+               ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The OOF part of the report (TTA views per experiment, the blend, an EER threshold), the blend weights
+    and the blended OOF probabilities; chooses each predictor's views and threshold on the way."""
     report, oofs, nested_inputs = [f"# Submission {opt.name}\n"], [], []
     for p in predictors:
         oof, table, nested_input = select_views(p, data, opt.tta == "greedy", opt.quiet)
@@ -201,24 +233,9 @@ def make_submission(opt: InferOptions) -> dict:
         report.append(f"## Blend on OOF rows\n\n{markdown_table(table)}\n\nweights used ({opt.blend}): "
                       + ", ".join(f"{p.exp_dir.name}={w:.3f}" for p, w in zip(predictors, weights)) + "\n")
     if opt.threshold == "eer":  # from the same (ensembled, TTA, blended) probabilities it is applied to
-        lead.threshold = eer_point(data.y, blended_oof[:, 1])[1]
-        report.append(f"Decision threshold (OOF equal error rate): {lead.threshold:.4f}\n")
-    per_exp, line = predict_test(predictors, paths, opt.quiet)
-    report.append(line)
-    final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
-    frame = build_submission(sample, lead.classes, final, lead.labels_from_probs(final), opt.proba, sample_path)
-    result = {}
-    if solution is not None:
-        table = leaderboard_table(sample, solution, lead, per_exp[0], frame, opt.proba, solution_path)
-        report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
-        result = table.iloc[-1].to_dict()
-    write_outputs(Path(opt.out_dir), opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
-    if result:  # for the run table (runs.py)
-        write_json(Path(opt.out_dir) / f"{opt.name}_lb.json", {
-            "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
-            "metric": result["metric"], "public": result.get("public"), "private": result.get("private"),
-            "written": datetime.now().isoformat(timespec="seconds")})
-    return result
+        predictors[0].threshold = eer_point(data.y, blended_oof[:, 1])[1]
+        report.append(f"Decision threshold (OOF equal error rate): {predictors[0].threshold:.4f}\n")
+    return report, weights, blended_oof
 
 
 def predict_test(predictors: list[Predictor], paths: list[Path], quiet: bool) -> tuple[list[np.ndarray], str]:
@@ -235,15 +252,21 @@ def predict_test(predictors: list[Predictor], paths: list[Path], quiet: bool) ->
 def write_outputs(out: Path, name: str, frame: pd.DataFrame, sample: pd.DataFrame, final: np.ndarray,
                   data: OofData, blended_oof: np.ndarray, classes: list[str], report: list[str]) -> None:
     """All files last, each atomically, once every check has passed."""
-    columns = prob_columns(classes)
     write_csv(out / f"{name}_test_probs.csv",
-              pd.concat([sample.iloc[:, :1], pd.DataFrame(final, columns=columns)], axis=1))
-    write_csv(out / f"{name}_oof_probs.csv", pd.concat([pd.DataFrame({"id": data.ids, "fold": data.fold_of}),
-                                                        pd.DataFrame(blended_oof, columns=columns)], axis=1))
-    write_text(out / f"{name}.md", "\n".join(report))
+              pd.concat([sample.iloc[:, :1], pd.DataFrame(final, columns=prob_columns(classes))], axis=1))
+    write_oof_outputs(out, name, data, blended_oof, classes, report)
     write_csv(out / f"{name}.csv", frame)
-    print("\n".join(report))
     print(f"wrote {out / name}.csv (+ _test_probs.csv, _oof_probs.csv, .md)")
+
+
+def write_oof_outputs(out: Path, name: str, data: OofData, blended_oof: np.ndarray, classes: list[str],
+                      report: list[str]) -> None:
+    """<name>_oof_probs.csv and the report <name>.md (also printed)."""
+    write_csv(out / f"{name}_oof_probs.csv", pd.concat([pd.DataFrame({"id": data.ids, "fold": data.fold_of}),
+                                                        pd.DataFrame(blended_oof, columns=prob_columns(classes))],
+                                                       axis=1))
+    write_text(out / f"{name}.md", "\n".join(report))
+    print("\n".join(report))
 
 
 def leaderboard_table(sample: pd.DataFrame, solution: pd.DataFrame, p: Predictor, views: np.ndarray,

@@ -180,3 +180,16 @@ def test_experiments_with_different_classes_cannot_be_blended(tiny_run, tmp_path
     image = str(data / "train" / "dog_1.png")
     proc = infer(tiny_run, "--exp", "binary", "--images", image, "--threshold", "eer", "--tta", "none")
     assert proc.returncode == 0 and "dog_1.png" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_folder_without_test_images_gets_the_oof_report_and_no_submission(tiny_run, tmp_path):
+    cv_only = tmp_path / "cv_only"  # neither test/ nor sample_submission.csv: a cross-validation only folder
+    cv_only.mkdir()
+    proc = infer(tiny_run, "--exp", "tiny", "--data-dir", str(cv_only), "--out-dir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "No submission" in proc.stdout
+    report = (tmp_path / "out" / "tiny.md").read_text()
+    assert report.startswith("# OOF report tiny") and "TTA on OOF rows" in report
+    assert len(pd.read_csv(tmp_path / "out" / "tiny_oof_probs.csv")) == 200
+    assert not (tmp_path / "out" / "tiny.csv").exists()
