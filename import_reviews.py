@@ -2,7 +2,8 @@
 python import_reviews.py --queue-dir reports/auto_label_demo alice.csv bob.csv --out data/x/train_v2.csv
 
 Each review CSV is a filled-in copy of review_queue.csv (id, label; reviewer column optional, else the file
-name); a .json file is read as a Label Studio export of labelstudio_tasks.json (reviewer = annotator).
+name); a .json file is read as a Label Studio export of labelstudio_tasks.json (reviewer = annotator). The
+queue's ids are opaque item ids; queue_key.csv maps them back to the images.
 Several reviewers per item are fine: the majority of the trusted reviewers decides (ties stay unresolved).
 A reviewer is trusted when their accuracy on the hidden control items reaches --min-control-accuracy.
 Control items are never merged. --include-auto also merges auto_labels.csv.
@@ -26,7 +27,7 @@ def main() -> None:
 
     from src.core.atomic import write_csv
     from src.core.errors import UserError
-    from src.labels.review import control_accuracy, majority_vote, merge_labels, read_reviews
+    from src.labels.review import control_accuracy, image_ids, majority_vote, merge_labels, read_reviews
 
     queue_dir = Path(args.queue_dir)
     if not (queue_dir / "queue.json").is_file():
@@ -41,7 +42,7 @@ def main() -> None:
     write_csv(queue_dir / "reviewer_accuracy.csv", accuracy)
     write_csv(queue_dir / "votes.csv", votes)
     print(accuracy.to_string(index=False) if len(accuracy) else "no reviews yet")
-    paths = key.set_index("id")["path"].to_dict() if "path" in key else {}
+    paths = dict(zip(image_ids(key).values(), key["path"])) if "path" in key else {}
     accepted = votes[votes["status"] == "accepted"].assign(path=lambda f: f["id"].map(paths))
     parts = [accepted[["id", "label", "path"]]]
     if args.include_auto:

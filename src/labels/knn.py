@@ -4,9 +4,11 @@ queue ranked by uncertainty, with known-label control items mixed in to check th
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -14,6 +16,7 @@ import torch
 from src.core.atomic import save_figure, write_csv
 from src.core.errors import UserError
 from src.data.contact_sheet import contact_sheet
+from src.data.images import decode_image
 from src.labels.labelstudio import LOCAL_FILES_PREFIX, export_tasks
 from src.train.engine import Runtime, to_input
 
@@ -81,36 +84,48 @@ RANK_BY = {"entropy": False, "margin": True, "disagreement": False}  # ascending
 
 
 def review_queue(ids: list[str], uncertain: pd.DataFrame, suggested: list[str], rank_by: str,
-                 control_ids: list[str], control_labels: list[str], control_share: float,
-                 seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 control_ids: list[str], control_labels: list[str], control_suggested: list[str],
+                 control_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(queue, controls). The queue lists the most uncertain images first, with known-label control items
-    inserted at random positions; reviewers see the same columns for both. The controls' labels stay in the
-    second frame, which reviewers do not get."""
+    inserted at random positions. Reviewers see the same for both: an opaque item id (`id`, q00001...), the
+    classifier's suggestion and, elsewhere, an image re-encoded under that id; the real `image_id`, the
+    control flag and the controls' labels stay in files reviewers do not get."""
     order = uncertain.sort_values(rank_by, ascending=RANK_BY[rank_by], kind="stable").index.to_numpy()
-    items = pd.DataFrame({"id": [ids[i] for i in order], "suggested": [suggested[i] for i in order],
+    items = pd.DataFrame({"image_id": [ids[i] for i in order], "suggested": [suggested[i] for i in order],
                           rank_by: uncertain[rank_by].to_numpy()[order], "control": False})
     rng = np.random.default_rng(seed)
     n_controls = min(len(control_ids), int(np.ceil(control_share * len(items)))) if len(items) else 0
     pick = rng.choice(len(control_ids), size=n_controls, replace=False) if n_controls else np.array([], int)
     controls = pd.DataFrame({"id": [control_ids[i] for i in pick], "true_label": [control_labels[i] for i in pick]})
-    for _, row in controls.iterrows():
+    for i in pick:
         position = int(rng.integers(0, len(items) + 1))
-        line = pd.DataFrame({"id": [row["id"]], "suggested": [""], rank_by: [np.nan], "control": [True]})
+        line = pd.DataFrame({"image_id": [control_ids[i]], "suggested": [control_suggested[i]], rank_by: [np.nan],
+                             "control": [True]})
         items = pd.concat([items.iloc[:position], line, items.iloc[position:]], ignore_index=True)
-    queue = items.assign(item=np.arange(1, len(items) + 1), label="", reviewer="")
+    item = np.arange(1, len(items) + 1)
+    queue = items.assign(item=item, id=[f"q{n:05d}" for n in item], label="", reviewer="")
     return queue, controls
 
 
 def write_review_files(out: Path, queue: pd.DataFrame, rank_by: str, images_by_id: dict[str, np.ndarray],
                        sheet_items: int) -> None:
-    """review_queue.csv (what reviewers fill in: item, id, suggested, label, reviewer; control rows are not
-    marked), review_queue.png (the first items as a contact sheet) and the hidden columns in queue_key.csv."""
+    """review_queue.csv (what reviewers fill in: item, id, suggested, label, reviewer; nothing marks a control
+    row), review_images/<id>.png (every item re-encoded the same way, so neither file names nor formats nor
+    folders tell a control from a real item), review_queue.png (the first items as a contact sheet) and the
+    hidden columns in queue_key.csv."""
     public = queue[["item", "id", "suggested", "label", "reviewer"]]
     write_csv(out / "review_queue.csv", public)
-    write_csv(out / "queue_key.csv", queue[["item", "id", "control", rank_by] + (["path"] if "path" in queue else [])])
+    write_csv(out / "queue_key.csv", queue[["item", "id", "image_id", "control", rank_by, "path", "review_image"]])
+    folder = out / "review_images"
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier queue's images would carry other items' ids
+    folder.mkdir(parents=True)
+    for token, path in zip(queue["id"], queue["path"]):
+        image = decode_image(Path(path))
+        if not cv2.imwrite(str(folder / f"{token}.png"), image if image.shape[-1] == 1 else image[:, :, ::-1]):
+            raise UserError(f"{folder / token}.png: could not write the review image (disk full?)")
     head = queue.head(sheet_items)
-    contact_sheet(out / "review_queue.png", [images_by_id[i] for i in head["id"]],
-                  [f"#{r.item} {r.id}" + (f"\n{r.suggested}?" if r.suggested else "") for r in head.itertuples()],
+    contact_sheet(out / "review_queue.png", [images_by_id[i] for i in head["image_id"]],
+                  [f"#{r.item} {r.id}\n{r.suggested}?" for r in head.itertuples()],
                   "review queue: most uncertain first (write the label in review_queue.csv)", columns=8)
 
 
@@ -190,12 +205,14 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     train_ids = [str(i) for i in table.ids]
     queue, controls = review_queue([ids[i] for i in rest], unc.iloc[rest].reset_index(drop=True),
                                    [p.classes[j] for j in probs[rest].argmax(1)], rank_by, train_ids,
-                                   [table.classes[j] for j in table.labels], control_share, seed)
+                                   [table.classes[j] for j in table.labels],
+                                   [p.classes[j] for j in ref_probs.argmax(1)], control_share, seed)
     source = {**{i: str(f) for i, f in zip(ids, files)}, **{i: str(f) for i, f in zip(train_ids, table.paths)}}
-    queue["path"] = queue["id"].map(source)
+    queue["path"] = queue["image_id"].map(source)
+    queue["review_image"] = [str(out / "review_images" / f"{token}.png") for token in queue["id"]]
     images_by_id = {**dict(zip(ids, query_images)), **dict(zip(train_ids, ref_images))}
     write_review_files(out, queue, rank_by, images_by_id, sheet_items)
-    export_tasks(queue, p.classes, out, Path(ls_root), ls_url_prefix)
+    export_tasks(queue.assign(path=queue["review_image"]), p.classes, out, Path(ls_root), ls_url_prefix)
     write_csv(out / "controls.csv", controls)
     write_json(out / "queue.json", {"exp": str(exp_dir), "fold": fold, "data_dir": cfg.data_dir,
                                     "train_csv": cfg.train_csv, "image_dir": cfg.image_dir, "id_col": cfg.id_col,

@@ -15,11 +15,19 @@ from src.data.contract import read_csv_checked
 from src.labels.labelstudio import read_labelstudio_export
 
 
+def image_ids(queue_key: pd.DataFrame) -> dict[str, str]:
+    """Queue item id (what reviewers saw) -> image id. Queues written before items got opaque ids show the
+    image id itself."""
+    real = queue_key["image_id"] if "image_id" in queue_key else queue_key["id"]
+    return dict(zip(queue_key["id"].astype(str), real.astype(str)))
+
+
 def read_reviews(paths: list[Path], queue_key: pd.DataFrame) -> pd.DataFrame:
     """(id, label, reviewer) for every filled-in row of the review CSVs (columns id, label and optionally
-    reviewer; an empty reviewer cell means the file's name) and Label Studio JSON exports. Empty labels are
-    items not reviewed yet."""
-    known = set(queue_key["id"])
+    reviewer; an empty reviewer cell means the file's name) and Label Studio JSON exports, with `id` the
+    image id behind each queue item. Empty labels are items not reviewed yet."""
+    to_image = image_ids(queue_key)
+    known = set(to_image)
     parts = []
     for path in paths:
         if path.suffix.lower() == ".json":  # a Label Studio export; reviewers are its annotators
@@ -38,7 +46,8 @@ def read_reviews(paths: list[Path], queue_key: pd.DataFrame) -> pd.DataFrame:
         if len(twice):
             raise UserError(f"{path}: reviewer {twice['reviewer'].iloc[0]!r} labelled {twice['id'].iloc[0]!r} "
                             f"twice; keep one row")
-        parts.append(filled.assign(label=filled["label"].str.strip())[["id", "label", "reviewer"]])
+        parts.append(filled.assign(label=filled["label"].str.strip(), id=filled["id"].map(to_image))[
+            ["id", "label", "reviewer"]])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id", "label", "reviewer"])
 
 

@@ -40,10 +40,15 @@ def test_queue_puts_the_most_uncertain_first_and_hides_controls():
     votes = np.array([[3, 0], [2, 1], [2, 1]])
     unc = uncertainty(probs, votes)
     queue, controls = review_queue(["a", "b", "c"], unc, ["0", "0", "0"], "entropy", ["k1", "k2", "k3"],
-                                   ["0", "1", "1"], control_share=0.5, seed=1)
-    assert queue[~queue["control"]]["id"].tolist() == ["b", "c", "a"]
+                                   ["0", "1", "1"], ["1", "1", "0"], control_share=0.5, seed=1)
+    assert queue[~queue["control"]]["image_id"].tolist() == ["b", "c", "a"]
     assert len(controls) == 2 and set(controls["id"]) <= {"k1", "k2", "k3"} and queue["control"].sum() == 2
-    assert queue["item"].tolist() == [1, 2, 3, 4, 5] and (queue.loc[queue["control"], "suggested"] == "").all()
+    assert queue["item"].tolist() == [1, 2, 3, 4, 5]
+    # What reviewers see cannot tell a control from a real item: opaque ids in order, a suggestion on each.
+    assert queue["id"].tolist() == ["q00001", "q00002", "q00003", "q00004", "q00005"]
+    assert (queue["suggested"] != "").all()
+    suggested = dict(zip(["k1", "k2", "k3"], ["1", "1", "0"]))
+    assert (queue.loc[queue["control"], "suggested"] == queue.loc[queue["control"], "image_id"].map(suggested)).all()
 
 
 def test_majority_vote_with_control_accuracy(tmp_path):
@@ -108,11 +113,16 @@ def test_auto_label_then_import_reviews_end_to_end(demo, tmp_path):
         assert (folder / name).is_file(), name
     tasks = json.loads((folder / "labelstudio_tasks.json").read_text())
     assert [t["data"]["kit_id"] for t in tasks] == queue["id"].tolist()
+    # Nothing a reviewer gets marks a control: opaque ids, a suggestion each, one image folder, one format.
+    assert queue["id"].str.fullmatch(r"q\d{5}").all() and (queue["suggested"].fillna("") != "").all()
+    assert all(t["data"]["image"].endswith(f"review_images/{t['data']['kit_id']}.png") for t in tasks)
+    assert sorted(p.stem for p in (folder / "review_images").iterdir()) == sorted(queue["id"])
     truth = pd.read_csv(folder / "controls.csv", dtype=str).set_index("id")["true_label"]
-    is_control = queue["id"].isin(truth.index)
+    image_of = queue["id"].map(dict(zip(key["id"], key["image_id"])))
+    is_control = image_of.isin(truth.index)
     # The reviewer answers every control item right and labels the first 6 real items.
     filled = pd.concat([queue[is_control], queue[~is_control].head(6)]).assign(
-        label=lambda f: f["id"].map(truth).fillna("3"))
+        label=lambda f: image_of[f.index].map(truth).fillna("3"))
     filled.to_csv(tmp_path / "ann.csv", index=False)
     proc = run_script("import_reviews.py", str(tmp_path / "ann.csv"), "--queue-dir", str(folder), "--out",
                       str(data / "train_v2.csv"))
