@@ -1,8 +1,8 @@
-"""The data contract: read a competition's labels and images, validate them, cache decoded pixels.
+"""The data contract: read a competition's labels, find every labelled image, and validate both; plus the
+hashes that tell a run whether it still sees the same data.
 
 A competition folder holds `train.csv` (id column + label column) and `train/` with the images, or an
-ImageFolder layout `train/<class>/*.png` with no CSV. Images may be PNG/JPG/BMP/TIFF/WebP, gray or
-colour, 8- or 16-bit, any size; they are decoded once into one uint8 array (N, H, W, C).
+ImageFolder layout `train/<class>/*.png` with no CSV. Decoding the images is src/data/images.py's part.
 """
 from __future__ import annotations
 
