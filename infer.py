@@ -36,7 +36,7 @@ def main() -> None:
         if f.name in HELP:  # one place for defaults: InferOptions
             kind = {"action": "store_true"} if f.type in (bool, "bool") else {"choices": CHOICES.get(f.name)}
             parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,
-                                help=f"{HELP[f.name]} (default: {f.default!r})")
+                                help=HELP[f.name])  # the formatter adds the default where it says something
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     options = InferOptions(exps=args.exp, **{k: v for k, v in vars(args).items() if k not in ("exp", "images")})

@@ -40,7 +40,7 @@ def main() -> None:
         if f.name in HELP:
             kind = {"action": "store_true"} if f.type in (bool, "bool") else {"type": type(f.default)}
             parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind,
-                                help=f"{HELP[f.name]} (default: {f.default!r})")
+                                help=HELP[f.name])  # the formatter adds the default where it says something
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     options = PseudoOptions(**vars(args))

@@ -143,6 +143,10 @@ def test_every_flag_of_the_scripts_help_is_in_its_reference_section(script):
     assert proc.returncode == 0, f"{script} --help exited {proc.returncode}:\n{proc.stderr}"
     flags = option_flags(proc.stdout)
     assert flags, f"{script} --help lists no flags; the option-line parser no longer matches argparse"
+    text = " ".join(proc.stdout.split())
+    for noise in ("(default: None)", "(default: '')", "(default: ) "):  # defaults that say nothing
+        assert noise not in text, f"{script} --help shows {noise}"
+    assert not re.search(r"\(default[^()]*\) \(default", text), f"{script} --help names a default twice"
     if script in CONFIG_OF_SCRIPT:  # config keys are documented in the key tables, by their key name
         keys = {field.name for field in dataclasses.fields(CONFIG_OF_SCRIPT[script])}
         flags = {flag for flag in flags if flag[2:].replace("-", "_").removeprefix("no_") not in keys}

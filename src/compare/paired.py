@@ -22,6 +22,7 @@ class PairedResult:
     low: float
     high: float
     method: str
+    spread: float = float("nan")  # largest minus smallest difference: 0 when every pair moved alike
 
 
 def paired_ci(diffs: np.ndarray, method: str = "t", level: float = 0.95, n_boot: int = 10000,
@@ -33,16 +34,17 @@ def paired_ci(diffs: np.ndarray, method: str = "t", level: float = 0.95, n_boot:
         raise ValueError(f"unknown CI method {method!r}; choose from {CI_METHODS}")
     n = len(diffs)
     mean = float(diffs.mean()) if n else float("nan")
+    spread = float(np.ptp(diffs)) if n else float("nan")
     if n < 2:
-        return PairedResult(n, mean, -np.inf, np.inf, method)
+        return PairedResult(n, mean, -np.inf, np.inf, method, spread)
     alpha = 1 - level
     if method == "t":
         half = stats.t.ppf(1 - alpha / 2, n - 1) * diffs.std(ddof=1) / np.sqrt(n)
-        return PairedResult(n, mean, mean - half, mean + half, method)
+        return PairedResult(n, mean, mean - half, mean + half, method, spread)
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return PairedResult(n, mean, float(low), float(high), method)
+    return PairedResult(n, mean, float(low), float(high), method, spread)
 
 
 MIN_PAIRS = 3
@@ -54,7 +56,9 @@ def verdict(result: PairedResult, higher_is_better: bool = True) -> str:
     interval, e.g. every fold exactly one image worse) are 'no evidence (zero variance)', never a verdict."""
     if result.n_pairs < MIN_PAIRS:
         return "too few pairs"
-    if result.low == result.high:  # every pair moved by the same amount: the interval has no width to judge
+    # Every pair moved by the same amount (up to float rounding, e.g. 35/40 - 34/40 against 36/40 - 35/40): the
+    # interval's width is rounding noise, not evidence.
+    if result.spread <= 1e-9 * max(1.0, abs(result.mean)):
         return "no evidence (zero variance)"
     low, high = (result.low, result.high) if higher_is_better else (-result.high, -result.low)
     if low > 0:

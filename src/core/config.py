@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -33,11 +34,11 @@ def check_fields(cfg) -> None:
 
 def clip_warmup(cfg) -> None:
     """Clip a warmup that would fill the whole run (e.g. `--epochs 1` with the default 1-epoch warmup, a
-    natural smoke run) to half the run, and say so in one line."""
+    natural smoke run) to half the run, and say so in one line (on stderr: stdout may be a --print-config)."""
     if cfg.lr_warmup_epochs >= cfg.epochs:
         clipped = cfg.epochs / 2
         print(f"note: lr_warmup_epochs {cfg.lr_warmup_epochs:g} is not shorter than epochs {cfg.epochs}; "
-              f"warming up for {clipped:g} epochs instead")
+              f"warming up for {clipped:g} epochs instead", file=sys.stderr)
         cfg.lr_warmup_epochs = clipped
 
 
@@ -102,8 +103,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = types[f.name]
-        # argparse %-formats help strings: a bare % in a description ("±10 %") would crash --help.
-        helptext = f"{cls.HELP.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
+        # The flag's own default is SUPPRESS (to see what the user set), so the help names the field's default;
+        # an empty one says nothing. argparse %-formats help: a bare % ("±10 %") would crash --help.
+        note = "" if f.default == "" else f" (default: {f.default!r})"
+        helptext = f"{cls.HELP.get(f.name, '')}{note}".replace("%", "%%")
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=helptext)

@@ -28,7 +28,15 @@ from src.pretrain.config import PROBE_KEYS, PretrainConfig, pretrain_dir
 from src.pretrain.ssl import SSLNet, TwoViews
 from src.train.curves import plot_epoch_loss
 from src.train.cv import run_dir_action, write_run_record
-from src.train.engine import Runtime, epoch_row, norm_tensors, optimizer_step, to_input
+from src.train.engine import (
+    Runtime,
+    check_runtime_kind,
+    epoch_row,
+    norm_tensors,
+    optimizer_step,
+    runtime_kind,
+    to_input,
+)
 from src.train.models import classifier_prefixes
 from src.train.schedule import Schedule, lr_factor_at
 
@@ -151,7 +159,7 @@ class PretrainTrainer:
                 "image_spec": vars(self.data.spec), "mean": self.data.mean, "std": self.data.std,
                 "images_sha1": self.data.fingerprint, "n_images": len(self.data.images),
                 # Views are drawn on the device, so a resume elsewhere would draw other views.
-                "runtime": {"device": self.rt.device.type, "amp_dtype": str(self.rt.amp_dtype)}}
+                "runtime": runtime_kind(self.rt)}
 
     def save_last(self) -> None:
         save_checkpoint(self.out_dir / "last.pt", {
@@ -173,9 +181,7 @@ class PretrainTrainer:
                             f"or a new --exp")
         if state["images_sha1"] != self.data.fingerprint:
             raise UserError(f"{path}: the images changed since pretraining started; start a new --exp")
-        if state.get("runtime") != self.header()["runtime"]:
-            raise UserError(f"{path}: trained with {state.get('runtime')}, now {self.header()['runtime']}; resume on "
-                            f"the same kind of device (--device) for an exact continuation")
+        check_runtime_kind(path, state, self.rt)
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -34,7 +34,7 @@ from src.synthetic.diffusion import (
     to_model_range,
 )
 from src.train.curves import plot_epoch_loss
-from src.train.engine import Runtime, epoch_row, optimizer_step
+from src.train.engine import Runtime, check_runtime_kind, epoch_row, optimizer_step, runtime_kind
 from src.train.schedule import Schedule, lr_factor_at
 
 
@@ -67,7 +67,7 @@ class GeneratorTrainer:
                 "fold": self.fold, "classes": self.classes, "image_spec": vars(self.spec),
                 "fingerprint": self.fingerprint,
                 # The noise comes from a generator on the device, so a resume elsewhere would draw other noise.
-                "runtime": {"device": self.rt.device.type, "amp_dtype": str(self.rt.amp_dtype)}}
+                "runtime": runtime_kind(self.rt)}
 
     def save_last(self) -> None:
         save_checkpoint(self.out_dir / "last.pt", {
@@ -81,9 +81,7 @@ class GeneratorTrainer:
         path = self.out_dir / "last.pt"
         state = load_checkpoint(path)
         check_same_run(path, state, self.header())
-        if state.get("runtime") != self.header()["runtime"]:
-            raise UserError(f"{path}: trained with {state.get('runtime')}, now {self.header()['runtime']}; resume on "
-                            f"the same kind of device (--device) for an exact continuation")
+        check_runtime_kind(path, state, self.rt)
         self.unet.load_state_dict(state["unet"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

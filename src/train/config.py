@@ -173,7 +173,8 @@ class TrainConfig(DataFields):
     pseudo_soft: bool = False
 
     def validate(self) -> "TrainConfig":
-        """Check ranges and choices; raises UserError naming the field."""
+        """Check ranges, choices and combinations (UserError naming the field); clip a warmup as long as the run
+        (with a note)."""
         check_fields(self)
         if self.loss2 and not 0 < self.loss_switch_epoch < self.epochs:
             raise UserError(f"config: with loss2 set, loss_switch_epoch must be in 1..{self.epochs - 1} "

@@ -6,6 +6,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,6 +52,22 @@ def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
     if use_cuda and cfg.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return Runtime(device, amp_dtype, cfg.channels_last, info)
+
+
+def runtime_kind(rt: Runtime) -> dict:
+    """The kind of device and precision a run trains on (recorded in its checkpoints): random draws on the
+    device and AMP's arithmetic differ between kinds, so a run continues exactly only on the same kind."""
+    return {"device": rt.device.type, "amp_dtype": str(rt.amp_dtype)}
+
+
+def check_runtime_kind(path: Path, state: dict, rt: Runtime) -> None:
+    """Refuse to continue a checkpoint's unfinished run on another kind of device or precision. A finished run
+    (nothing left to train) and a checkpoint from before the kind was recorded pass."""
+    saved = state.get("runtime")
+    if saved is None or state.get("finished") or saved == runtime_kind(rt):
+        return
+    raise UserError(f"{path}: trained with {saved}, now {runtime_kind(rt)}; resume on the same kind of device "
+                    f"(--device) for an exact continuation, or start a new --exp")
 
 
 class ArrayBatches(torch.utils.data.Dataset):

@@ -37,8 +37,10 @@ from src.train.engine import (
     ArrayBatches,
     Runtime,
     build_optimizer,
+    check_runtime_kind,
     norm_tensors,
     predict_probs,
+    runtime_kind,
     steps_per_epoch,
     to_input,
     train_loader,
@@ -148,12 +150,7 @@ class FoldTrainer:
     # --- state -------------------------------------------------------------------------------------------
     def header(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": config_to_dict(self.cfg), "fold": self.fold,
-                **self.info.to_dict(), "extra_rows": self.data.extra, "runtime": self.runtime()}
-
-    def runtime(self) -> dict:
-        """The kind of device and precision: augmentation draws its randomness on the device and AMP changes
-        the arithmetic, so a run continues exactly only on the same kind."""
-        return {"device": self.rt.device.type, "amp_dtype": str(self.rt.amp_dtype)}
+                **self.info.to_dict(), "extra_rows": self.data.extra, "runtime": runtime_kind(self.rt)}
 
     def save_last(self) -> None:
         """Every rank calls this (its RNG state is gathered); rank 0 writes."""
@@ -193,10 +190,7 @@ class FoldTrainer:
         if state.get("world_size", 1) != self.dist.world_size:
             raise UserError(f"{path}: made by {state.get('world_size', 1)} process(es), now {self.dist.world_size}; "
                             f"resume with the same torchrun --nproc-per-node (total processes)")
-        saved_runtime = state.get("runtime", self.runtime())  # checkpoints from before it was recorded: trusted
-        if saved_runtime != self.runtime():
-            raise UserError(f"{path}: trained with {saved_runtime}, now {self.runtime()}; resume on the same kind of "
-                            f"device (--device) for an exact continuation, or start a new --exp")
+        check_runtime_kind(path, state, self.rt)
         if state["fingerprint"] != self.info.fingerprint:
             changed = [k for k, v in self.info.fingerprint.items() if state["fingerprint"].get(k) != v]
             raise UserError(f"{path}: the data changed since this run started ({', '.join(changed)} differ); "

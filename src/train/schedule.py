@@ -96,11 +96,13 @@ class EarlyStopping:
         self.best, self.best_epoch, self.bad_epochs = None, -1, 0
 
     def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's value; returns True when it is a new best."""
+        """Record an epoch's value; returns True when it is a new best. NaN before any real value (the metric
+        is undefined on these validation rows) cannot judge the run, so it does not count against patience."""
         if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
-        self.bad_epochs += 1
+        if self.best is not None or value == value:
+            self.bad_epochs += 1
         return False
 
     @property

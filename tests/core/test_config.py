@@ -95,9 +95,9 @@ def test_config_differences_fill_missing_keys_with_defaults_and_ignore_logging()
 def test_a_warmup_as_long_as_the_run_is_clipped_to_half_of_it_with_a_note(capsys):
     cfg = config_from_dict({"epochs": 1}, TrainConfig).validate()  # the default warmup is 1 epoch
     assert cfg.lr_warmup_epochs == 0.5
-    assert capsys.readouterr().out.strip() == ("note: lr_warmup_epochs 1 is not shorter than epochs 1; warming up "
+    assert capsys.readouterr().err.strip() == ("note: lr_warmup_epochs 1 is not shorter than epochs 1; warming up "
                                                "for 0.5 epochs instead")
     assert parse(["--epochs", "2", "--lr-warmup-epochs", "2"]).lr_warmup_epochs == 1  # explicit too
     capsys.readouterr()
     assert config_from_dict({"epochs": 3, "lr_warmup_epochs": 0.5}, TrainConfig).validate().lr_warmup_epochs == 0.5
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().err == ""

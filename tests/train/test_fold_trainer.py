@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from src.core.errors import UserError
-from src.core.rundir import load_checkpoint, write_oof
+from src.core.rundir import load_checkpoint, save_checkpoint, write_oof
 from src.train.fold_trainer import NonFiniteLoss
 
 from helpers import make_trainer
@@ -71,10 +71,14 @@ def test_resume_refuses_a_checkpoint_made_on_another_kind_of_device(tmp_path):
     first = make_trainer(tmp_path, epochs=2)
     first.run_epoch(quiet=True)
     first.epoch = 1
-    first.runtime = lambda: {"device": "cuda", "amp_dtype": "torch.bfloat16"}  # as if trained on a GPU
     first.save_last()
+    state = load_checkpoint(tmp_path / "last.pt")
+    save_checkpoint(tmp_path / "last.pt", {**state, "runtime": {"device": "cuda", "amp_dtype": "torch.bfloat16"}})
     with pytest.raises(UserError, match="resume on the same kind of device"):
         make_trainer(tmp_path, epochs=2).resume()
+    # A finished run has nothing left to train: continuing it elsewhere (e.g. make demo's --resume) is fine.
+    save_checkpoint(tmp_path / "last.pt", {**load_checkpoint(tmp_path / "last.pt"), "finished": True})
+    make_trainer(tmp_path, epochs=2).resume()
 
 
 def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path):
@@ -128,7 +132,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 
 
 def test_a_monitor_that_is_nan_every_epoch_still_leaves_best_pt_and_oof(tmp_path, capsys):
-    trainer = make_trainer(tmp_path, monitor="roc_auc", epochs=2)
+    trainer = make_trainer(tmp_path, monitor="roc_auc", epochs=2, patience_epochs=1)  # early stopping on too
     trainer.data.val_labels = np.zeros_like(trainer.data.val_labels)  # one class: ROC-AUC undefined
     trainer.fit(quiet=True)
     result = trainer.write_oof()

@@ -1,4 +1,6 @@
 """Smoke tests: the real scripts, end to end, on a small version of the demo competition."""
+import json
+import shutil
 import sys
 
 import numpy as np
@@ -10,7 +12,7 @@ from helpers import REPO, TINY, kill_after_epoch, log_metrics, run_script, train
 
 pytestmark = pytest.mark.slow
 
-def test_prepare_demo_builds_a_stratified_competition_idempotently(demo):
+def test_prepare_demo_builds_a_stratified_competition_idempotently(demo, tmp_path):
     data = demo["data"]
     train_csv = pd.read_csv(data / "train.csv")
     assert len(train_csv) == 200 and (train_csv["label"].value_counts() == 20).all()
@@ -21,9 +23,11 @@ def test_prepare_demo_builds_a_stratified_competition_idempotently(demo):
     sample = pd.read_csv(data / "sample_submission.csv")
     assert list(sample.columns) == ["image", "label"] and (sample["image"] == solution["image"]).all()
     assert set(train_csv["image"]).isdisjoint(solution["image"])
-    before = (data / "train.csv").stat().st_mtime_ns
-    proc = run_script("prepare_demo.py", "--out-dir", str(data), "--labels-per-class", "20")
-    assert "nothing to do" in proc.stdout and (data / "train.csv").stat().st_mtime_ns == before
+    copy = tmp_path / "copy"  # the shared demo stays read-only even if a regression rewrote the folder
+    shutil.copytree(data, copy)
+    before = (copy / "train.csv").stat().st_mtime_ns
+    proc = run_script("prepare_demo.py", "--out-dir", str(copy), "--labels-per-class", "20")
+    assert "nothing to do" in proc.stdout and (copy / "train.csv").stat().st_mtime_ns == before
 
 
 def test_train_writes_a_complete_run_directory(demo):
@@ -68,7 +72,9 @@ def test_a_one_epoch_smoke_run_trains_with_the_warmup_clipped(demo):
     proc = run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]), "--runs-dir",
                       str(runs), "--exp", "smoke1", "--epochs", "1", "--quiet")  # default warmup: 1 epoch
     assert proc.returncode == 0, proc.stderr
-    assert "warming up for 0.5 epochs instead" in proc.stdout
+    assert "warming up for 0.5 epochs instead" in proc.stderr
+    printed = run_script("train.py", "--epochs", "1", "--print-config")  # stdout stays clean JSON
+    assert printed.returncode == 0 and json.loads(printed.stdout)["lr_warmup_epochs"] == 0.5
     assert len(log_metrics(runs / "smoke1" / "fold0")) == 1
 
 
