@@ -33,10 +33,12 @@ def main() -> None:
     if not (queue_dir / "queue.json").is_file():
         raise UserError(f"{queue_dir}: no queue.json; pass the folder auto_label.py wrote")
     meta = json.loads((queue_dir / "queue.json").read_text())
-    key = pd.read_csv(queue_dir / "queue_key.csv", dtype={"id": str})
+    key = pd.read_csv(queue_dir / "queue_key.csv", dtype={"id": str, "image_id": str, "suggested": str},
+                      keep_default_na=False)
     controls = pd.read_csv(queue_dir / "controls.csv", dtype=str)
     reviews = read_reviews([Path(p) for p in args.reviews], key)
-    accuracy = control_accuracy(reviews, controls)
+    suggested = dict(zip(image_ids(key).values(), key["suggested"])) if "suggested" in key else None
+    accuracy = control_accuracy(reviews, controls, suggested)
     trusted = set(accuracy.loc[accuracy["control_accuracy"].fillna(0) >= args.min_control_accuracy, "reviewer"])
     votes = majority_vote(reviews[~reviews["id"].isin(controls["id"])], trusted, set(meta["classes"]))
     write_csv(queue_dir / "reviewer_accuracy.csv", accuracy)

@@ -7,12 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from src.core.errors import UserError
+from src.data.images import write_image
 
 MARKER = ".prepared.json"
 
@@ -52,8 +52,7 @@ def _write_images(folder: Path, prefix: str, idx: np.ndarray, images: np.ndarray
     folder.mkdir(parents=True)
     ids = [f"{prefix}_{n:05d}" for n in range(len(idx))]
     for image_id, i in zip(ids, idx):
-        if not cv2.imwrite(str(folder / f"{image_id}.png"), images[i]):
-            raise UserError(f"{folder}: could not write {image_id}.png (disk full or not writable?)")
+        write_image(folder / f"{image_id}.png", images[i])
     return ids
 
 

@@ -148,3 +148,11 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
     return mean.tolist(), np.maximum(std, 1e-3).tolist()
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 gray (H, W) / (H, W, 1) or RGB (H, W, 3) image (the format follows the suffix); a
+    UserError when it cannot be written (disk full, folder not writable)."""
+    pixels = image if image.ndim == 2 or image.shape[-1] == 1 else image[:, :, ::-1]  # OpenCV writes BGR
+    if not cv2.imwrite(str(path), pixels):
+        raise UserError(f"{path}: could not write the image (disk full or not writable?)")

@@ -4,11 +4,11 @@ queue ranked by uncertainty, with known-label control items mixed in to check th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -16,7 +16,7 @@ import torch
 from src.core.atomic import save_figure, write_csv
 from src.core.errors import UserError
 from src.data.contact_sheet import contact_sheet
-from src.data.images import decode_image
+from src.data.images import decode_image, write_image
 from src.labels.labelstudio import LOCAL_FILES_PREFIX, export_tasks
 from src.train.engine import Runtime, to_input
 
@@ -87,7 +87,7 @@ def review_queue(ids: list[str], uncertain: pd.DataFrame, suggested: list[str], 
                  control_ids: list[str], control_labels: list[str], control_suggested: list[str],
                  control_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(queue, controls). The queue lists the most uncertain images first, with known-label control items
-    inserted at random positions. Reviewers see the same for both: an opaque item id (`id`, q00001...), the
+    inserted at random positions. Reviewers see the same for both: an opaque item id (`id`, q<key>-00001), the
     classifier's suggestion and, elsewhere, an image re-encoded under that id; the real `image_id`, the
     control flag and the controls' labels stay in files reviewers do not get."""
     order = uncertain.sort_values(rank_by, ascending=RANK_BY[rank_by], kind="stable").index.to_numpy()
@@ -103,7 +103,10 @@ def review_queue(ids: list[str], uncertain: pd.DataFrame, suggested: list[str], 
                              "control": [True]})
         items = pd.concat([items.iloc[:position], line, items.iloc[position:]], ignore_index=True)
     item = np.arange(1, len(items) + 1)
-    queue = items.assign(item=item, id=[f"q{n:05d}" for n in item], label="", reviewer="")
+    # The key ties answers to this queue: reviews of an earlier queue (other images in other places) are
+    # refused by import_reviews.py instead of landing on whatever image now has their item number.
+    key = hashlib.sha256("\n".join(items["image_id"]).encode()).hexdigest()[:6]
+    queue = items.assign(item=item, id=[f"q{key}-{n:05d}" for n in item], label="", reviewer="")
     return queue, controls
 
 
@@ -115,14 +118,13 @@ def write_review_files(out: Path, queue: pd.DataFrame, rank_by: str, images_by_i
     hidden columns in queue_key.csv."""
     public = queue[["item", "id", "suggested", "label", "reviewer"]]
     write_csv(out / "review_queue.csv", public)
-    write_csv(out / "queue_key.csv", queue[["item", "id", "image_id", "control", rank_by, "path", "review_image"]])
+    write_csv(out / "queue_key.csv", queue[["item", "id", "image_id", "control", "suggested", rank_by, "path",
+                                            "review_image"]])
     folder = out / "review_images"
     shutil.rmtree(folder, ignore_errors=True)  # an earlier queue's images would carry other items' ids
     folder.mkdir(parents=True)
     for token, path in zip(queue["id"], queue["path"]):
-        image = decode_image(Path(path))
-        if not cv2.imwrite(str(folder / f"{token}.png"), image if image.shape[-1] == 1 else image[:, :, ::-1]):
-            raise UserError(f"{folder / token}.png: could not write the review image (disk full?)")
+        write_image(folder / f"{token}.png", decode_image(Path(path)))
     head = queue.head(sheet_items)
     contact_sheet(out / "review_queue.png", [images_by_id[i] for i in head["image_id"]],
                   [f"#{r.item} {r.id}\n{r.suggested}?" for r in head.itertuples()],
@@ -165,21 +167,35 @@ def truth_accuracy(ids: list[str], predicted: list[str], truth_csv: Path) -> flo
     return float(np.mean([g == p for g, p in zip(got, predicted)])) if ids else float("nan")
 
 
+def control_pool(ref_probs: np.ndarray, ref_votes: np.ndarray, labels: np.ndarray, ids: list[str],
+                 candidates: np.ndarray, classes: list[str], rank_by: str) -> tuple[list[str], list[str], list[str]]:
+    """(ids, true labels, suggestions) of the labelled rows controls are drawn from: the fold's validation
+    rows (the model never trained on them, so its suggestion there is as fallible as on real items), the more
+    uncertain half of them, like the queue's own items. A reviewer who copies suggestions fails controls too."""
+    unc = uncertainty(ref_probs[candidates], ref_votes[candidates])
+    order = unc.sort_values(rank_by, ascending=RANK_BY[rank_by], kind="stable").index.to_numpy()
+    rows = candidates[order[:max(1, (len(order) + 1) // 2)]] if len(order) else candidates
+    return ([ids[i] for i in rows], [classes[j] for j in labels[rows]],
+            [classes[j] for j in ref_probs[rows].argmax(1)])
+
+
 def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: AutoLabelRule, rank_by: str,
                    control_share: float, sheet_items: int, device: str, seed: int, quiet: bool,
                    truth_csv: str = "", ls_root: str = "/", ls_url_prefix: str = LOCAL_FILES_PREFIX) -> dict:
     """Embed the labelled training rows and the images in `images_dir` (default: the experiment's
-    <data_dir>/unlabeled) with fold `fold`'s model, auto-label
-    by kNN, queue the rest for review; writes auto_labels.csv, review_queue.csv (+ .png), queue_key.csv,
-    controls.csv, embedding_map.png and knn_check.csv into `out`. Returns counts for the printout."""
+    <data_dir>/unlabeled) with fold `fold`'s model, auto-label by kNN, queue the rest for review; writes
+    auto_labels.csv, review_queue.csv (+ .png, review_images/), queue_key.csv, controls.csv,
+    embedding_map.png and knn_check.csv into `out`. Returns counts for the printout."""
     from src.core.rundir import write_json
     from src.data.contract import read_train_table
+    from src.data.folds import read_folds
     from src.data.images import IMAGE_EXTS, decode_all
     from src.infer.predictor import Predictor
 
     p = Predictor.load(exp_dir, device=device, tta="none", folds=[fold])
     cfg, model = p.cfg, p.folds[0]
     table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
+    fold_of = read_folds(p.folds_csv, table, cfg.id_col, cfg.label_col)
     images_dir = Path(images_dir or Path(cfg.data_dir) / "unlabeled")
     files = sorted(f for f in images_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS) if images_dir.is_dir() else []
     if not files:
@@ -204,14 +220,15 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     rest = np.flatnonzero(~accepted)
     train_ids = [str(i) for i in table.ids]
     queue, controls = review_queue([ids[i] for i in rest], unc.iloc[rest].reset_index(drop=True),
-                                   [p.classes[j] for j in probs[rest].argmax(1)], rank_by, train_ids,
-                                   [table.classes[j] for j in table.labels],
-                                   [p.classes[j] for j in ref_probs.argmax(1)], control_share, seed)
+                                   [p.classes[j] for j in probs[rest].argmax(1)], rank_by,
+                                   *control_pool(ref_probs, ref_votes, table.labels, train_ids,
+                                                 np.flatnonzero(fold_of == fold), table.classes, rank_by),
+                                   control_share, seed)
     source = {**{i: str(f) for i, f in zip(ids, files)}, **{i: str(f) for i, f in zip(train_ids, table.paths)}}
     queue["path"] = queue["image_id"].map(source)
     queue["review_image"] = [str(out / "review_images" / f"{token}.png") for token in queue["id"]]
-    images_by_id = {**dict(zip(ids, query_images)), **dict(zip(train_ids, ref_images))}
-    write_review_files(out, queue, rank_by, images_by_id, sheet_items)
+    write_review_files(out, queue, rank_by, {**dict(zip(ids, query_images)), **dict(zip(train_ids, ref_images))},
+                       sheet_items)
     export_tasks(queue.assign(path=queue["review_image"]), p.classes, out, Path(ls_root), ls_url_prefix)
     write_csv(out / "controls.csv", controls)
     write_json(out / "queue.json", {"exp": str(exp_dir), "fold": fold, "data_dir": cfg.data_dir,
@@ -227,11 +244,18 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     counts = {"images": len(ids), "auto_labelled": int(accepted.sum()), "queued": int((~accepted).sum()),
               "controls": len(controls), **check}
     if truth_csv:  # the demo's unlabeled_solution.csv: how right the rule and the queue's suggestions are
-        names = [p.classes[j] for j in label]
-        counts["auto-label accuracy (truth)"] = truth_accuracy([ids[i] for i in np.flatnonzero(accepted)],
-                                                               [names[i] for i in np.flatnonzero(accepted)],
-                                                               Path(truth_csv))
-        counts["queued: classifier accuracy (truth)"] = truth_accuracy(
-            [ids[i] for i in rest], [p.classes[j] for j in probs[rest].argmax(1)], Path(truth_csv))
+        counts.update(truth_counts([p.classes[j] for j in label], [p.classes[j] for j in probs.argmax(1)],
+                                   accepted, ids, Path(truth_csv)))
     write_csv(out / "summary.csv", pd.DataFrame([counts]))
     return counts
+
+
+def truth_counts(auto_labels: list[str], classifier_labels: list[str], accepted: np.ndarray, ids: list[str],
+                 truth_csv: Path) -> dict:
+    """Where the demo keeps the truth: how right the auto-labels are, and the classifier's suggestions on the
+    queued images."""
+    chosen, rest = np.flatnonzero(accepted), np.flatnonzero(~accepted)
+    return {"auto-label accuracy (truth)": truth_accuracy([ids[i] for i in chosen], [auto_labels[i] for i in chosen],
+                                                          truth_csv),
+            "queued: classifier accuracy (truth)": truth_accuracy([ids[i] for i in rest],
+                                                                  [classifier_labels[i] for i in rest], truth_csv)}

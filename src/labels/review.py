@@ -51,16 +51,23 @@ def read_reviews(paths: list[Path], queue_key: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id", "label", "reviewer"])
 
 
-def control_accuracy(reviews: pd.DataFrame, controls: pd.DataFrame) -> pd.DataFrame:
-    """Per reviewer: control items answered, how many correctly, accuracy (NaN when none answered)."""
+def control_accuracy(reviews: pd.DataFrame, controls: pd.DataFrame, suggested: dict[str, str] | None = None
+                     ) -> pd.DataFrame:
+    """Per reviewer: control items answered, how many correctly, accuracy (NaN when none answered), and, given
+    the queue's suggestions, how often the reviewer simply agreed with them (a reviewer copying suggestions
+    shows up here even where the controls cannot tell)."""
     truth = dict(zip(controls["id"].astype(str), controls["true_label"].astype(str)))
     rows = []
     for reviewer, mine in reviews.groupby("reviewer", sort=True):
         answered = mine[mine["id"].isin(truth)]
         correct = int((answered["label"] == answered["id"].map(truth)).sum())
-        rows.append({"reviewer": reviewer, "items": len(mine), "controls": len(answered), "correct": correct,
-                     "control_accuracy": correct / len(answered) if len(answered) else np.nan})
-    return pd.DataFrame(rows, columns=["reviewer", "items", "controls", "correct", "control_accuracy"])
+        row = {"reviewer": reviewer, "items": len(mine), "controls": len(answered), "correct": correct,
+               "control_accuracy": correct / len(answered) if len(answered) else np.nan}
+        if suggested is not None:
+            row["agrees_with_suggestion"] = float((mine["label"] == mine["id"].map(suggested)).mean())
+        rows.append(row)
+    columns = ["reviewer", "items", "controls", "correct", "control_accuracy"]
+    return pd.DataFrame(rows, columns=columns + (["agrees_with_suggestion"] if suggested is not None else []))
 
 
 def majority_vote(reviews: pd.DataFrame, trusted: set[str], classes: set[str]) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -18,6 +17,7 @@ from src.core.atomic import write_csv
 from src.core.errors import UserError
 from src.core.rundir import write_json
 from src.data.extra_rows import MANIFEST, MANIFEST_COLUMNS, META
+from src.data.images import write_image
 
 # Derived from a sample set: removed when it is replaced, so no report describes other samples.
 DERIVED = ("kept_per_class.csv", "samples.png", "cas.md", "cas.csv")
@@ -40,9 +40,7 @@ def write_samples(folder: Path, images: np.ndarray, manifest: pd.DataFrame, meta
     tmp.mkdir(parents=True)
     try:
         for file, image in zip(manifest["file"], images):
-            path = tmp / Path(file).name
-            if not cv2.imwrite(str(path), image if image.shape[-1] == 1 else image[:, :, ::-1]):
-                raise UserError(f"{path}: could not write the image (disk full?)")
+            write_image(tmp / Path(file).name, image)
         shutil.rmtree(folder / "images", ignore_errors=True)
         os.replace(tmp, folder / "images")
     except OSError as err:

@@ -45,8 +45,13 @@ def test_queue_puts_the_most_uncertain_first_and_hides_controls():
     assert len(controls) == 2 and set(controls["id"]) <= {"k1", "k2", "k3"} and queue["control"].sum() == 2
     assert queue["item"].tolist() == [1, 2, 3, 4, 5]
     # What reviewers see cannot tell a control from a real item: opaque ids in order, a suggestion on each.
-    assert queue["id"].tolist() == ["q00001", "q00002", "q00003", "q00004", "q00005"]
+    key = queue["id"].iloc[0][1:7]
+    assert queue["id"].tolist() == [f"q{key}-{n:05d}" for n in range(1, 6)]
     assert (queue["suggested"] != "").all()
+    # Another queue (other images, other order) gets other ids: old answers cannot land on new images.
+    other, _ = review_queue(["c", "b", "a"], unc.iloc[::-1].reset_index(drop=True), ["0", "0", "0"], "entropy",
+                            ["k1", "k2", "k3"], ["0", "1", "1"], ["1", "1", "0"], control_share=0.5, seed=2)
+    assert not set(other["id"]) & set(queue["id"])
     suggested = dict(zip(["k1", "k2", "k3"], ["1", "1", "0"]))
     assert (queue.loc[queue["control"], "suggested"] == queue.loc[queue["control"], "image_id"].map(suggested)).all()
 
@@ -114,7 +119,10 @@ def test_auto_label_then_import_reviews_end_to_end(demo, tmp_path):
     tasks = json.loads((folder / "labelstudio_tasks.json").read_text())
     assert [t["data"]["kit_id"] for t in tasks] == queue["id"].tolist()
     # Nothing a reviewer gets marks a control: opaque ids, a suggestion each, one image folder, one format.
-    assert queue["id"].str.fullmatch(r"q\d{5}").all() and (queue["suggested"].fillna("") != "").all()
+    assert queue["id"].str.fullmatch(r"q[0-9a-f]{6}-\d{5}").all() and (queue["suggested"].fillna("") != "").all()
+    folds = pd.read_csv(demo["folds"], dtype=str)
+    fold0 = set(folds.loc[folds["fold"] == "0", "image"])
+    assert set(key.loc[key["control"], "image_id"]) <= fold0  # controls: rows fold 0's model never trained on
     assert all(t["data"]["image"].endswith(f"review_images/{t['data']['kit_id']}.png") for t in tasks)
     assert sorted(p.stem for p in (folder / "review_images").iterdir()) == sorted(queue["id"])
     truth = pd.read_csv(folder / "controls.csv", dtype=str).set_index("id")["true_label"]
@@ -128,6 +136,8 @@ def test_auto_label_then_import_reviews_end_to_end(demo, tmp_path):
                       str(data / "train_v2.csv"))
     assert proc.returncode == 0, proc.stderr
     assert "trusted reviewers: ann" in proc.stdout
+    accuracy = pd.read_csv(folder / "reviewer_accuracy.csv")
+    assert accuracy["control_accuracy"].tolist() == [1.0] and "agrees_with_suggestion" in accuracy
     merged = pd.read_csv(data / "train_v2.csv", dtype=str)
     assert len(merged) == 200 + 6 and (merged["label"].iloc[200:] == "3").all()
     assert not merged["image"].isin(truth.index).iloc[200:].any()  # control items are never merged
