@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device for scoring")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
-    from src.compare.plan import job_lines, load_spec, parse_seeds, run_all
+    from src.compare.plan import job_lines, run_all
+    from src.compare.spec import load_spec, parse_seeds
 
     spec = load_spec(args.spec)
     overrides = {k: v for k, v in {"name": args.name, "folds": args.folds, "ci": args.ci}.items() if v}

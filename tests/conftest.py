@@ -6,14 +6,20 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import pytest
+from threadpoolctl import threadpool_limits
 
 from helpers import build_once, make_competition, run_script, train
 
 
 def pytest_configure(config):
     """Under pytest-xdist, give each worker its own share of the cores: torch then sizes its thread pool to
-    that share (src/train/engine.py reads the affinity), so workers do not oversubscribe the machine."""
+    that share (src/train/engine.py reads the affinity), and OpenCV's and BLAS's pools are capped to it, so
+    workers do not oversubscribe the machine. Fold variables of the environment (a Slurm job running the
+    suite) must not steer the in-process train.py runs."""
+    for name in ("KIT_FOLD", "SLURM_ARRAY_TASK_ID"):
+        os.environ.pop(name, None)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if not worker or not hasattr(os, "sched_setaffinity"):
@@ -24,6 +30,8 @@ def pytest_configure(config):
     share = len(cores) // workers
     index = int(worker.removeprefix("gw"))
     os.sched_setaffinity(0, cores[index * share:(index + 1) * share])
+    cv2.setNumThreads(share)
+    threadpool_limits(share)
 
 
 @pytest.fixture

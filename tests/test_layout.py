@@ -8,7 +8,7 @@ from helpers import REPO
 
 # core <- data <- train <- infer <- the rest; packages on the same level never import each other.
 LEVELS = {"core": 0, "data": 1, "train": 2, "infer": 3,
-          "synthetic": 4, "pretrain": 4, "pseudo": 4, "labels": 4, "compare": 4, "tune": 4}
+          "synthetic": 4, "pretrain": 4, "pseudo": 4, "labels": 4, "compare": 4}
 # Each script's own package: where its logic lives.
 SCRIPT_PACKAGES = {
     "train.py": "train", "infer.py": "infer", "score.py": "infer", "gen_synthetic.py": "synthetic",

@@ -3,8 +3,8 @@ resumable train.py jobs.
 
 An arm is a set of extra train.py flags plus a TTA setting. Arms with the same training flags share
 their training runs (a TTA arm only changes inference). Each (regime, training flags, seed) is one
-train.py experiment named after the arm, the seed and a hash of its flags, so editing an arm's flags
-starts a new experiment instead of silently reusing an old one.
+train.py experiment named after the arm, the seed and a hash of its flags and of the files they point to,
+so editing an arm's flags or one of its files starts a new experiment instead of silently reusing an old one.
 """
 from __future__ import annotations
 
@@ -12,143 +12,19 @@ import hashlib
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from src.compare.paired import CI_METHODS
+from src.compare.spec import AblationSpec, Arm
 from src.core.config import load_config_file
 from src.core.errors import UserError
 from src.core.repro import REPO
 from src.core.rundir import fold_dir, fold_finished
 from src.data.contract import read_train_table
-from src.data.folds import default_folds_path, parse_fold_arg
-
-ARM_KEYS = ("train", "tta")
-SPEC_KEYS = ("name", "arms", "baseline", "seeds", "folds", "labels_per_class", "data_dir", "train", "regime_train",
-             "regime_seeds", "regime_folds", "tta", "metric", "ci", "runs_dir", "report_dir")
-METRICS = ("accuracy", "macro_f1")
-
-
-@dataclass
-class Arm:
-    name: str
-    train: str = ""  # extra train.py flags
-    tta: str = ""  # '' = the spec's tta
-
-
-@dataclass
-class AblationSpec:
-    """An ablation file (YAML/JSON); see configs/ablations/ for examples."""
-
-    name: str
-    arms: list[Arm]
-    baseline: str = ""  # default: the first arm
-    seeds: list[int] = field(default_factory=lambda: [42])
-    folds: str = "all"
-    labels_per_class: list[str] = field(default_factory=list)  # demo regimes, e.g. ["10", "50", "all"]
-    data_dir: str = "data/mnist5k"
-    train: str = ""  # flags for every run
-    regime_train: dict[str, str] = field(default_factory=dict)  # extra flags per labels-per-class value
-    # Fewer seeds or folds for an expensive regime (e.g. all labels); the others use seeds / folds.
-    regime_seeds: dict[str, list[int]] = field(default_factory=dict)
-    regime_folds: dict[str, str] = field(default_factory=dict)
-    tta: str = "none"
-    metric: str = "accuracy"
-    ci: str = "t"
-    runs_dir: str = "runs"
-    report_dir: str = "reports"
-
-    def validate(self) -> "AblationSpec":
-        where = f"ablation {self.name!r}"
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise UserError(f"{where}: name must be a plain folder name")
-        names = [a.name for a in self.arms]
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise UserError(f"{where}: needs at least two arms with distinct names (got {names})")
-        bad = [n for n in names if not n.replace("-", "").replace("_", "").replace(".", "").isalnum()]
-        if bad:
-            raise UserError(f"{where}: arm name {bad[0]!r} may only use letters, digits, '-', '_' and '.'")
-        self.baseline = self.baseline or names[0]
-        if self.baseline not in names:
-            raise UserError(f"{where}: baseline {self.baseline!r} is not an arm ({names})")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise UserError(f"{where}: seeds must be a non-empty list of distinct integers")
-        for value in self.labels_per_class:
-            if value != "all" and not (value.isdigit() and int(value) > 0):
-                raise UserError(f"{where}: labels_per_class {value!r}: use positive integers or 'all'")
-        for key in ("regime_train", "regime_seeds", "regime_folds"):
-            for value in getattr(self, key):  # may name regimes left out by --labels-per-class
-                if value != "all" and not (value.isdigit() and int(value) > 0):
-                    raise UserError(f"{where}: {key} key {value!r}: use a labels-per-class number or 'all'")
-        for value, seeds in self.regime_seeds.items():
-            if not seeds or len(set(seeds)) != len(seeds):
-                raise UserError(f"{where}: regime_seeds {value!r} must be a non-empty list of distinct integers")
-        if self.metric not in METRICS:
-            raise UserError(f"{where}: metric {self.metric!r}: choose from {METRICS}")
-        if self.ci not in CI_METHODS:
-            raise UserError(f"{where}: ci {self.ci!r}: choose from {CI_METHODS}")
-        for arm in self.arms:
-            for flag in ("--exp", "--seed", "--fold", "--runs-dir", "--data-dir"):
-                if flag in shlex.split(arm.train + " " + self.train):
-                    raise UserError(f"{where}: arm {arm.name!r} sets {flag}; the runner sets it for every run")
-        return self
-
-    def arm(self, name: str) -> Arm:
-        return next(a for a in self.arms if a.name == name)
-
-
-def _as_list(value, key: str, source: str) -> list[str]:
-    if isinstance(value, (int, str)):
-        value = str(value).split(",")
-    if not isinstance(value, list):
-        raise UserError(f"{source}: {key} must be a list or a comma-separated string")
-    return [str(v).strip() for v in value]
-
-
-def parse_seeds(text: str, where: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise UserError(f"{where} {text!r}: use integers like 42,43") from None
-
-
-def spec_from_dict(values: dict, source: str) -> AblationSpec:
-    """Strict: unknown keys (also inside an arm) are errors, like train.py's config."""
-    unknown = sorted(set(values) - set(SPEC_KEYS))
-    if unknown:
-        raise UserError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(SPEC_KEYS)})")
-    if not isinstance(values.get("arms"), dict):
-        raise UserError(f"{source}: 'arms' must map arm names to {{train: flags, tta: views}}")
-    arms = []
-    for name, body in values["arms"].items():
-        body = body or {}
-        if not isinstance(body, dict) or set(body) - set(ARM_KEYS):
-            raise UserError(f"{source}: arm {name!r} may only have the keys {ARM_KEYS}")
-        arms.append(Arm(str(name), str(body.get("train") or ""), str(body.get("tta") or "")))
-    kwargs = {k: v for k, v in values.items() if k != "arms"}
-    if "seeds" in kwargs:
-        kwargs["seeds"] = parse_seeds(",".join(_as_list(kwargs["seeds"], "seeds", source)), f"{source}: seeds")
-    if "labels_per_class" in kwargs:
-        kwargs["labels_per_class"] = _as_list(kwargs["labels_per_class"], "labels_per_class", source)
-    if "folds" in kwargs:
-        kwargs["folds"] = ",".join(_as_list(kwargs["folds"], "folds", source))
-    kwargs["regime_train"] = {str(k): str(v or "") for k, v in (kwargs.get("regime_train") or {}).items()}
-    kwargs["regime_seeds"] = {str(k): parse_seeds(",".join(_as_list(v, "regime_seeds", source)),
-                                                  f"{source}: regime_seeds {k}")
-                              for k, v in (kwargs.get("regime_seeds") or {}).items()}
-    kwargs["regime_folds"] = {str(k): ",".join(_as_list(v, "regime_folds", source))
-                              for k, v in (kwargs.get("regime_folds") or {}).items()}
-    for key in ("name", "baseline", "data_dir", "train", "tta", "metric", "ci", "runs_dir", "report_dir"):
-        if key in kwargs:
-            kwargs[key] = str(kwargs[key] or "")
-    return AblationSpec(arms=arms, **{"name": Path(source).stem, **kwargs})
-
-
-def load_spec(path: str | Path) -> AblationSpec:
-    return spec_from_dict(load_config_file(path), str(path))
+from src.data.folds import fold_file_candidates, parse_fold_arg
 
 
 @dataclass
@@ -196,9 +72,10 @@ def train_flags(spec: AblationSpec, arm: Arm, regime: Regime) -> list[str]:
 
 # train.py flags (and config-file keys) that point at files whose contents change what a run learns.
 FILE_FLAGS = ("--config", "--pretrained", "--synthetic", "--pseudo", "--folds-csv")
-# What identifies a folder's contents: the tables and records (sample manifests, pseudo-labels, meta.json),
-# not every image they list (a new image set always comes with a new manifest).
-FOLDER_FILES = ("*.csv", "*.json", "*.yaml", "*.pt")
+# What train.py reads from a sample or pseudo-label folder (the folder itself or its fold<k>/ folders): the
+# row tables and their meta.json. Not the images they list (a new image set comes with a new manifest), nor
+# what else lives there and changes on its own (a generator's last.pt and log, CAS runs).
+FOLDER_FILES = ("manifest.csv", "pseudo.csv", "meta.json")
 
 
 def flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
@@ -214,8 +91,8 @@ def flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
 def content_digest(path: Path) -> str:
     """sha256 of a file, or of a folder's identifying files (relative name + bytes); 'missing' if absent."""
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted({f for pattern in FOLDER_FILES for f in path.rglob(pattern)
-                                                  if f.is_file()}) if path.is_dir() else []
+    files = [path] if path.is_file() else sorted(f for folder in [path, *sorted(path.glob("fold*"))]
+                                                 for name in FOLDER_FILES if (f := folder / name).is_file())
     if not files:
         return "missing"
     for file in files:
@@ -266,14 +143,26 @@ def run_fold_finished(run: Run, runs_dir: str, k: int) -> bool:
     return fold_finished(fold_dir(runs_dir, run.exp, k))
 
 
-def regime_fold_file(data_dir: str) -> Path | None:
-    """The fold file make_folds.py (default columns) wrote for this data, or None when there is none yet
-    (prepare_commands makes it), the data is not prepared yet, or there are several (train.py will say so)."""
+# train.py flags that say where a data set's labels are; make_folds.py takes the same ones.
+TABLE_FLAGS = ("--train-csv", "--image-dir", "--id-col", "--label-col")
+
+
+def table_flags(flags: list[str]) -> list[str]:
+    """The TABLE_FLAGS (with values) among a run's train.py flags, for make_folds.py."""
+    return [part for name in TABLE_FLAGS for value in flag_values(flags, (name,))[-1:] for part in (name, value)]
+
+
+def regime_fold_file(data_dir: str, flags: list[str]) -> Path | None:
+    """A fold file make_folds.py wrote for this data (read with the run's table flags), or None when there is
+    none yet or the data is not prepared yet: then prepare_commands makes one."""
+    values = dict(zip(TABLE_FLAGS, ("train.csv", "train", "image", "label")))
+    values.update({name: v[-1] for name in TABLE_FLAGS if (v := flag_values(flags, (name,)))})
     try:
-        table = read_train_table(data_dir, "train.csv", "train", "image", "label")
-        return default_folds_path("folds", data_dir, table.ids)
+        table = read_train_table(data_dir, *values.values())
     except UserError:
         return None
+    found = fold_file_candidates("folds", data_dir, table)
+    return found[0] if found else None  # several: train.py asks the user to choose
 
 
 def run_folds(spec: AblationSpec, run: Run) -> list[int]:
@@ -281,7 +170,7 @@ def run_folds(spec: AblationSpec, run: Run) -> list[int]:
     5 folds, make_folds.py's default, while prepare_commands has yet to write it)."""
     args = run.args
     path = Path(args[args.index("--folds-csv") + 1]) if "--folds-csv" in args[:-1] else \
-        regime_fold_file(run.regime.data_dir)
+        regime_fold_file(run.regime.data_dir, args)
     n_folds = int(pd.read_csv(path, usecols=["fold"])["fold"].max()) + 1 if path and path.is_file() else 5
     return parse_fold_arg(run.regime.folds, n_folds)
 
@@ -293,9 +182,9 @@ def prepare_commands(spec: AblationSpec) -> list[list[str]]:
         if regime.labels_per_class and not Path(regime.data_dir).is_dir():
             out.append(["prepare_demo.py", "--labels-per-class", str(regime.labels_per_class),
                         "--out-dir", regime.data_dir])
-        given = "--folds-csv" in train_flags(spec, spec.arm(spec.baseline), regime)
-        if not given and regime_fold_file(regime.data_dir) is None:
-            out.append(["make_folds.py", "--data-dir", regime.data_dir])
+        flags = train_flags(spec, spec.arm(spec.baseline), regime)
+        if "--folds-csv" not in flags and regime_fold_file(regime.data_dir, flags) is None:
+            out.append(["make_folds.py", "--data-dir", regime.data_dir, *table_flags(flags)])
     return out
 
 
@@ -315,7 +204,7 @@ def job_lines(spec: AblationSpec) -> list[str]:
     return lines
 
 
-def run_script(cmd: list[str], log: Path) -> int:
+def run_kit_script(cmd: list[str], log: Path) -> int:
     """Run one of our scripts with this interpreter, output to `log`; returns the exit code."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as handle:
@@ -335,7 +224,7 @@ def run_all(spec: AblationSpec, quiet: bool) -> list[str]:
     interrupted ones resumed exactly); returns one line per failed job. Logs: <report_dir>/<name>/logs/."""
     logs = Path(spec.report_dir) / spec.name / "logs"
     for cmd in prepare_commands(spec):
-        if run_script(cmd, logs / "prepare.log"):
+        if run_kit_script(cmd, logs / "prepare.log"):
             raise UserError(f"{shlex.join(cmd)} failed; see {logs / 'prepare.log'}:\n{log_tail(logs / 'prepare.log')}")
     todo = []
     for run in unique_runs(plan_runs(spec)):
@@ -347,7 +236,7 @@ def run_all(spec: AblationSpec, quiet: bool) -> list[str]:
     for run, folds in bar:
         bar.set_postfix_str(run.exp)
         log = logs / f"{run.exp}.log"
-        if run_script(train_command(run, folds), log):
+        if run_kit_script(train_command(run, folds), log):
             failed.append(f"{run.exp} folds {folds}: see {log}\n{log_tail(log)}")
             print(f"failed: {failed[-1]}", file=sys.stderr)
         elif quiet:

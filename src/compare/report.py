@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from src.compare.paired import paired_ci, verdict
-from src.compare.plan import AblationSpec, Run, plan_runs, regimes, run_fold_finished, run_folds, train_flags
+from src.compare.plan import Run, plan_runs, regimes, run_fold_finished, run_folds, train_flags
+from src.compare.spec import AblationSpec
 from src.core.atomic import save_figure, write_csv, write_text
 from src.core.metrics import accuracy, macro_f1
 from src.core.repro import git_commit

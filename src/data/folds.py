@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.atomic import write_csv
 from src.core.errors import UserError
-from src.data.contract import LabelTable, read_csv_checked, read_train_table
+from src.data.contract import LabelTable, file_sha256, read_csv_checked, read_train_table
 from src.data.images import decode_all, pixel_hash
 
 
@@ -94,24 +94,32 @@ def read_folds(path: str | Path, table: LabelTable, id_col: str, label_col: str)
     return fold
 
 
-def data_key(ids: list[str]) -> str:
-    """A short content key of a competition's labelled ids: two data sets in folders of the same name (both
-    called `data`, say) get different fold files."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:8]
+def data_key(table: LabelTable) -> str:
+    """A short content key of a competition's labelled rows (ids and labels): two data sets in folders of the
+    same name (both called `data`, say) get different fold files, even when their ids coincide."""
+    rows = sorted(f"{i}\t{table.classes[k]}" for i, k in zip(table.ids, table.labels))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:8]
 
 
-def fold_file_path(folds_dir: str | Path, data_dir: str | Path, ids: list[str], n_folds: int, seed: int) -> Path:
-    """folds/<data folder name>-<key of its ids>_k<K>_s<seed>.csv"""
-    return Path(folds_dir) / f"{Path(data_dir).resolve().name}-{data_key(ids)}_k{n_folds}_s{seed}.csv"
+def fold_file_path(folds_dir: str | Path, data_dir: str | Path, table: LabelTable, n_folds: int, seed: int) -> Path:
+    """folds/<data folder name>-<key of its rows>_k<K>_s<seed>.csv"""
+    return Path(folds_dir) / f"{Path(data_dir).resolve().name}-{data_key(table)}_k{n_folds}_s{seed}.csv"
 
 
-def default_folds_path(folds_dir: str | Path, data_dir: str | Path, ids: list[str]) -> Path:
-    """The single fold file made for this data set (its folder name and ids), or a UserError saying what to do.
+def fold_file_candidates(folds_dir: str | Path, data_dir: str | Path, table: LabelTable) -> list[Path]:
+    """The fold files in `folds_dir` made for this data set: keyed by its rows, else (files from before the
+    key) by its folder name alone."""
+    name = Path(data_dir).resolve().name
+    return sorted(Path(folds_dir).glob(f"{name}-{data_key(table)}_k*_s*.csv")) or \
+        sorted(Path(folds_dir).glob(f"{name}_k*_s*.csv"))
+
+
+def default_folds_path(folds_dir: str | Path, data_dir: str | Path, table: LabelTable) -> Path:
+    """The single fold file made for this data set (its folder name and rows), or a UserError saying what to do.
     A file from before the key was added (<name>_k*_s*.csv) is used when it is the only one; read_folds then
     checks that it lists exactly these ids."""
     name = Path(data_dir).resolve().name
-    found = sorted(Path(folds_dir).glob(f"{name}-{data_key(ids)}_k*_s*.csv")) or \
-        sorted(Path(folds_dir).glob(f"{name}_k*_s*.csv"))
+    found = fold_file_candidates(folds_dir, data_dir, table)
     if len(found) == 1:
         return found[0]
     if not found:
@@ -119,9 +127,24 @@ def default_folds_path(folds_dir: str | Path, data_dir: str | Path, ids: list[st
     raise UserError(f"several fold files for {name}: {[str(p) for p in found]}; choose one with --folds-csv")
 
 
+def locate_fold_file(recorded: str | Path, sha256: str | None, folds_dir: str | Path = "folds") -> Path:
+    """The fold file a run recorded or, when it was renamed or moved since (fold files gained an id key in
+    their names), the file beside it or in `folds_dir` with the recorded content hash. Left as recorded when
+    none matches, so read_folds names the missing file."""
+    path = Path(recorded)
+    if path.is_file() or not sha256:
+        return path
+    for folder in dict.fromkeys([path.parent, Path(folds_dir)]):
+        for candidate in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+            if file_sha256(candidate) == sha256:
+                return candidate
+    return path
+
+
 def check_fold_target(out: Path, table: LabelTable, id_col: str, label_col: str, overwrite: bool) -> None:
     """Refuse to replace a fold file made from another train.csv (other ids or labels) unless asked: another
-    competition's folds, or the ones a finished run was trained with."""
+    competition's folds, which its runs still need. Folds of the same rows are replaced (another --group-col,
+    say): runs trained on the old ones notice through the fold file's hash in their records."""
     if overwrite or not out.is_file():
         return
     try:
@@ -172,7 +195,7 @@ def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, l
         raise UserError(f"--n-folds {n_folds}: need at least 2 folds")
     table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
     check_class_counts(table.labels, table.classes, n_folds, str(table.source))
-    out = Path(out) if out else fold_file_path(folds_dir, data_dir, table.ids, n_folds, seed)
+    out = Path(out) if out else fold_file_path(folds_dir, data_dir, table, n_folds, seed)
     check_fold_target(out, table, id_col, label_col, overwrite)
     hashes = [pixel_hash(image) for image in decode_all(table.paths, quiet=quiet)]
     keys = [hashes]

@@ -183,6 +183,8 @@ def make_submission(opt: InferOptions) -> dict:
     lead = predictors[0]
     data_dir = Path(opt.data_dir or lead.cfg.data_dir)
     sample_path, solution_path = data_dir / opt.sample_csv, data_dir / opt.solution_csv
+    if not data_dir.is_dir():  # a mistyped --data-dir must not pass for a cross-validation-only folder
+        raise UserError(f"{data_dir}: data folder not found (set --data-dir)")
     cv_only = not sample_path.exists() and not (data_dir / opt.test_dir).exists()
     if not cv_only:
         sample = read_sample(sample_path)

@@ -18,6 +18,7 @@ from src.core.config import config_differences, config_from_dict
 from src.core.errors import UserError
 from src.core.metrics import eer_point
 from src.core.rundir import fold_finished, load_checkpoint, read_oof
+from src.data.folds import locate_fold_file
 from src.data.images import ImageSpec, decode_all, to_array
 from src.infer.tta import VIEWS, parse_views
 from src.train.config import TrainConfig
@@ -135,7 +136,8 @@ class Predictor:
                 raise UserError(f"{exp_dir}/fold{k}: weights do not fit model {cfg.model}") from None
             model.to(rt.device).eval()
             folds.append(FoldModel(k, model, norm_tensors(state["mean"], state["std"], rt), state["epoch"]))
-        predictor = cls(exp_dir, cfg, first["classes"], spec, info["folds_csv"], first["fingerprint"], folds, rt,
+        folds_csv = str(locate_fold_file(info["folds_csv"], first["fingerprint"].get("folds_csv_sha256")))
+        predictor = cls(exp_dir, cfg, first["classes"], spec, folds_csv, first["fingerprint"], folds, rt,
                         parse_views(tta, cfg.flips))
         predictor.threshold = predictor.resolve_threshold(threshold)
         return predictor

@@ -77,10 +77,16 @@ def score_frame(sub: pd.DataFrame, sol: pd.DataFrame, metric: str = "", source: 
     metric = metric or ("accuracy" if is_label else "log_loss")
     if metric not in METRICS:
         raise UserError(f"--metric {metric!r}: choose from {list(METRICS)}")
-    # The order train.py uses, so a binary column means the same class. A probability submission names every
-    # class in its columns, including any the solution happens not to hold.
+    # The order train.py uses, so a binary column means the same class. A probability submission may name
+    # classes the solution happens not to hold; it is read that way only when its rows are distributions
+    # over all its columns (so a stray numeric column is refused, not scored as a class).
     classes = sort_classes(sol[label_col])
-    if not is_label and set(classes) <= set(sub.columns) and list(sub.columns) != [label_col]:
+    if not is_label and set(classes) < set(sub.columns) and list(sub.columns) != [label_col]:
+        extra = sorted(set(sub.columns) - set(classes))
+        values = sub.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        if not np.allclose(values.sum(axis=1), 1, atol=1e-3):
+            raise UserError(f"{source}: columns {extra} are not classes of the solution and the rows do not sum to "
+                            f"1 with them; drop them or write one probability per class")
         classes = sort_classes(sub.columns)
     truth = sol[label_col].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if is_label:

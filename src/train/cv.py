@@ -73,7 +73,7 @@ def load_split(data_dir: str, train_csv: str, image_dir: str, id_col: str, label
                folds_csv: str) -> tuple[LabelTable, np.ndarray, Path]:
     """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file)."""
     table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
-    folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir, table.ids)
+    folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir, table)
     fold_of = read_folds(folds_path, table, id_col, label_col)
     check_class_counts(table.labels, table.classes, int(fold_of.max()) + 1, str(table.source))
     return table, fold_of, folds_path

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from src.compare.plan import job_lines, load_spec, plan_runs, regimes, spec_from_dict, unique_runs
+from src.compare.plan import job_lines, plan_runs, regimes, unique_runs
 from src.compare.report import ENSEMBLE, markdown_report, summarize
+from src.compare.spec import load_spec, spec_from_dict
 from src.core.errors import UserError
 from src.data.folds import make_fold_file
 
@@ -57,7 +58,10 @@ def test_a_changed_file_behind_a_flag_makes_a_new_experiment(tmp_path):
         return {arm: run.exp for (_, arm, _), run in plan_runs(spec(arms=arms, seeds=[1])).items()}
 
     first = names()
-    assert names() == first  # nothing changed: the finished runs are reused
+    (samples / "last.pt").write_bytes(b"generator state")  # what train.py never reads may change freely
+    (samples / "cas").mkdir()
+    (samples / "cas" / "log.csv").write_text("epoch,seconds\n0,1.3\n")
+    assert names() == first  # nothing train.py reads changed: the finished runs are reused
     config.write_text(f"lr: 0.002\npretrained: {backbone}\n")
     after_config = names()
     assert after_config["cfg"] != first["cfg"] and after_config["real"] == first["real"]

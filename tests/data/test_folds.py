@@ -127,7 +127,7 @@ def test_two_competitions_in_folders_of_the_same_name_get_their_own_fold_files(t
     assert len(written) == 2 and all(name.startswith("data-") and name.endswith("_k3_s0.csv") for name in written)
     for root in (first, second):  # each finds its own, and it matches its train.csv
         table = read_train_table(root, "train.csv", "train", "image", "label")
-        read_folds(default_folds_path(folds_dir, root, table.ids), table, "image", "label")
+        read_folds(default_folds_path(folds_dir, root, table), table, "image", "label")
 
 
 def test_a_fold_file_made_from_another_train_csv_is_not_replaced_unless_asked(tmp_path):
@@ -149,4 +149,4 @@ def test_a_fold_file_named_before_the_id_key_is_still_found(tmp_path, competitio
     legacy = tmp_path / "folds" / f"{competition.name}_k3_s0.csv"
     legacy.parent.mkdir()
     make_fold_file(str(competition), "train.csv", "train", "image", "label", "", 3, 0, legacy)
-    assert default_folds_path(tmp_path / "folds", competition, table.ids) == legacy
+    assert default_folds_path(tmp_path / "folds", competition, table) == legacy

@@ -193,3 +193,18 @@ def test_a_folder_without_test_images_gets_the_oof_report_and_no_submission(tiny
     assert report.startswith("# OOF report tiny") and "TTA on OOF rows" in report
     assert len(pd.read_csv(tmp_path / "out" / "tiny_oof_probs.csv")) == 200
     assert not (tmp_path / "out" / "tiny.csv").exists()
+    proc = infer(tiny_run, "--exp", "tiny", "--data-dir", str(tmp_path / "typo"), "--out-dir", str(tmp_path / "o2"))
+    assert proc.returncode == 2 and "typo: data folder not found" in proc.stderr and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_a_run_whose_fold_file_was_renamed_finds_it_by_content(demo, tiny_run, tmp_path):
+    runs = copy_run(tiny_run, tmp_path / "runs")
+    (tmp_path / "folds").mkdir()
+    renamed = tmp_path / "folds" / "mnist_small-0a1b2c3d_k5_s42.csv"
+    shutil.copy(demo["folds"], renamed)  # a run trained before fold files got their id key in the name
+    for config in (runs / "tiny").glob("fold*/config.json"):
+        record = json.loads(config.read_text())
+        record["folds_csv"] = str(tmp_path / "folds" / "mnist_small_k5_s42.csv")
+        config.write_text(json.dumps(record))
+    assert Predictor.load(runs / "tiny", device="cpu").folds_csv == str(renamed)

@@ -83,3 +83,10 @@ def test_probability_submission_with_eleven_integer_classes_is_scored():
     sub = pd.concat([solution[["id"]], pd.DataFrame(probs, columns=classes)[sorted(classes)]], axis=1)
     scores = score_frame(sub, solution)
     assert scores["public"] == pytest.approx(-np.log(0.9)) and scores["private"] == pytest.approx(-np.log(0.9))
+
+
+def test_a_stray_numeric_column_is_refused_not_scored_as_a_class():
+    solution = pd.DataFrame({"id": ["a", "b"], "label": ["cat", "dog"], "Usage": ["Public", "Private"]})
+    sub = pd.DataFrame({"id": ["a", "b"], "cat": [0.8, 0.3], "dog": [0.2, 0.7], "Usage": [1, 2]})
+    with pytest.raises(UserError, match=r"columns \['Usage'\] are not classes"):
+        score_frame(sub, solution)
