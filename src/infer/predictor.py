@@ -135,7 +135,8 @@ class Predictor:
             except RuntimeError:
                 raise UserError(f"{exp_dir}/fold{k}: weights do not fit model {cfg.model}") from None
             model.to(rt.device).eval()
-            folds.append(FoldModel(k, model, norm_tensors(state["mean"], state["std"], rt), state["epoch"]))
+            norm = norm_tensors(state["mean"], state["std"], rt, state.get("input_size_px", 0))
+            folds.append(FoldModel(k, model, norm, state["epoch"]))
         folds_csv = str(locate_fold_file(info["folds_csv"], first["fingerprint"].get("folds_csv_sha256")))
         predictor = cls(exp_dir, cfg, first["classes"], spec, folds_csv, first["fingerprint"], folds, rt,
                         parse_views(tta, cfg.flips))

@@ -31,7 +31,7 @@ def embed(model: torch.nn.Module, images: np.ndarray, batch_size: int, norm, rt:
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[start:start + batch_size]).to(rt.device), *norm, rt)
+        x = to_input(torch.from_numpy(images[start:start + batch_size]).to(rt.device), norm, rt)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             pre = model.forward_head(model.forward_features(x), pre_logits=True)
             logits = model.get_classifier()(pre)

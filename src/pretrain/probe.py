@@ -38,7 +38,7 @@ def embed(backbone: torch.nn.Module, images: np.ndarray, mean: list[float], std:
     norm = norm_tensors(mean, std, rt)
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[start:start + batch_size]), *norm, rt)
+        x = to_input(torch.from_numpy(images[start:start + batch_size]), norm, rt)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             features = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
         out.append(F.normalize(features.float(), dim=1).cpu())

@@ -144,7 +144,7 @@ class PretrainTrainer:
     def check_forward(self) -> None:
         """One loss on two images now, so a model that cannot take this input fails with a message before the
         output folder is written."""
-        x = to_input(torch.from_numpy(self.data.images[:2]), *self.norm, self.rt)
+        x = to_input(torch.from_numpy(self.data.images[:2]), self.norm, self.rt)
         spec = self.data.spec
         try:
             with torch.no_grad():
@@ -191,7 +191,7 @@ class PretrainTrainer:
 
     def view_pair(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently augmented, normalised views of a uint8 NHWC batch."""
-        return tuple(to_input(images, *self.norm, self.rt, lambda x: self.views(x, generator)) for _ in range(2))
+        return tuple(to_input(images, self.norm, self.rt, lambda x: self.views(x, generator)) for _ in range(2))
 
     def run_epoch(self, quiet: bool) -> dict:
         cfg, rt = self.cfg, self.rt

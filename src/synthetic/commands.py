@@ -97,7 +97,8 @@ def load_classifier(run_dir: Path, fold: int, data: FoldImages, rt):
     spec = ImageSpec(**state["image_spec"])
     model = build_model(cfg, spec.in_chans, len(data.classes))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    return model.to(rt.device).eval(), norm_tensors(state["mean"], state["std"], rt), spec, cfg
+    return model.to(rt.device).eval(), norm_tensors(state["mean"], state["std"], rt, state.get("input_size_px", 0)), \
+        spec, cfg
 
 
 def classify(run_dir: Path, fold: int, data: FoldImages, images: np.ndarray, rt) -> np.ndarray:

@@ -6,11 +6,13 @@ from typing import ClassVar
 
 from src.core.config import INF, check_fields, clip_warmup
 from src.core.errors import UserError
+from src.train.hub import is_hub
 
 CHOICES = {
     "augment": ("none", "light", "heavy"),
     "flips": ("none", "h", "v", "hv"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
+    "normalize": ("auto", "data", "pretrained"),
     "optimizer": ("adamw", "sgd"),
     "scheduler": ("cosine", "onecycle", "step", "plateau", "constant"),
     "loss": ("ce", "label_smoothing", "focal"),
@@ -23,7 +25,8 @@ CHOICES = {
 
 # Allowed values: (low, high, brackets); "[)" means low <= value < high.
 RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF, "()"), "ema_decay": (0, 1, "[)"),
-          "image_size_px": (0, INF, "[)"), "weight_decay": (0, INF, "[)"), "momentum": (0, 1, "[)"),
+          "image_size_px": (0, INF, "[)"), "input_size_px": (0, INF, "[)"), "weight_decay": (0, INF, "[)"),
+          "momentum": (0, 1, "[)"),
           "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "lr_step_epochs": (1, INF, "[)"),
           "lr_step_gamma": (0, 1, "()"), "plateau_patience_epochs": (0, INF, "[)"), "plateau_factor": (0, 1, "()"),
           "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
@@ -42,12 +45,20 @@ HELP = {
                  "folds/<data folder name>-<id key>_k*_s*.csv",
     "runs_dir": "where run directories are created",
     "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
-    "pretrained": "local weight file (.pt/.pth/.safetensors, or pretrain.py's backbone.pt); never downloaded",
+    "pretrained": "'timm' = timm's default pretrained weights for --model (e.g. resnet18.a1_in1k), 'hf-hub:org/name' "
+                  "= a Hugging Face hub model (its own architecture), both through timm's loader and the HF cache "
+                  "(HF_HOME, HF_HUB_OFFLINE); or a local weight file (.pt/.pth/.safetensors, pretrain.py's "
+                  "backbone.pt)",
     "backbone_lr_mult": "the backbone's LR as a multiple of --lr (the classifier head always gets --lr); below 1 "
                         "keeps pretrained features from being overwritten early",
     "freeze_epochs": "train only the classifier head for this many epochs first (backbone weights and BatchNorm "
                      "statistics frozen); needs pretrained",
-    "image_size_px": "resize images to this square size; 0 = keep the data's size",
+    "image_size_px": "resize images to this square size when decoding (the cache); 0 = the data's size, or the "
+                     "pretrained input size with hub weights",
+    "input_size_px": "feed the model at this square size, resized on the device (a 64 px cache can train a 224 px "
+                     "model); 0 = the cached size, or the pretrained input size with hub weights",
+    "normalize": "input mean/std: the training images' own (data), the pretrained weights' (pretrained), or auto "
+                 "(pretrained with hub weights, else data)",
     "resize_interp": "interpolation used when resizing (cubic/lanczos for upscaling)",
     "drop_rate": "dropout before the classifier",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.99) and validate/save it; 0 = off",
@@ -127,6 +138,8 @@ class TrainConfig(DataFields):
     backbone_lr_mult: float = 1.0
     freeze_epochs: int = 0
     image_size_px: int = 0
+    input_size_px: int = 0
+    normalize: str = "auto"
     resize_interp: str = "cubic"
     drop_rate: float = 0.1
     ema_decay: float = 0.99
@@ -183,6 +196,13 @@ class TrainConfig(DataFields):
         if self.pseudo_soft and (not self.pseudo or "focal" in (self.loss, self.loss2)):
             raise UserError("config: pseudo_soft needs pseudo (a pseudo_label.py folder) and loss ce or "
                             "label_smoothing (focal loss takes class indices only)")
+        if self.pretrained.startswith("hf-hub:"):  # the hub entry names its own architecture
+            if self.model not in ("smallcnn", self.pretrained):
+                raise UserError(f"config: pretrained={self.pretrained} brings its own architecture; drop model="
+                                f"{self.model} (or set model to the same hf-hub: name)")
+            self.model = self.pretrained
+        if self.normalize == "pretrained" and not is_hub(self.pretrained):
+            raise UserError("config: normalize=pretrained needs hub weights (pretrained=timm or hf-hub:...)")
         if self.freeze_epochs and not self.pretrained:
             raise UserError("config: freeze_epochs needs pretrained (freezing a random backbone teaches nothing)")
         if self.freeze_epochs >= self.epochs:

@@ -35,6 +35,7 @@ from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
 from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
+from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
 
 
 def raise_interrupt(signum, frame):
@@ -90,9 +91,9 @@ def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
 
 
 def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
-                 info: dict, rt) -> FoldTrainer:
+                 info: dict, rt, stats: tuple[list[float], list[float]] | None = None) -> FoldTrainer:
     """The trainer for fold k: its rows (plus synthetic rows, training side only), normalisation from the
-    rows it trains on, and the model."""
+    rows it trains on (or the pretrained weights' `stats`), and the model."""
     is_val = fold_of == k
     train_rows = np.flatnonzero(~is_val)
     real = (images[train_rows], table.labels[train_rows], [table.ids[i] for i in train_rows])
@@ -118,7 +119,7 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
     train_ids = [i for p in parts for i in p[2]]
     if len(train_labels) == 0:
         raise UserError(f"fold {k}: no training rows (the synthetic or pseudo-label selection is empty)")
-    mean, std = channel_stats(train_images)
+    mean, std = stats or channel_stats(train_images)
     data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
                     [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
                     np.concatenate(targets) if targets else None)
@@ -131,6 +132,9 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     torchrun every process runs this; rank 0 alone prints and writes files."""
     signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     table, fold_of, folds_path = load_labelled(cfg)
+    hub = resolve_hub(cfg.model, cfg.pretrained) if is_hub(cfg.pretrained) else None
+    if hub:  # missing hub weights stop the run here, before any image is decoded or file written
+        check_hub_weights(hub)
     n_folds = int(fold_of.max()) + 1
     folds = parse_fold_arg(fold_arg, n_folds, fold_source)
     actions = {k: run_dir_action(fold_dir(cfg.runs_dir, cfg.exp, k), resume, overwrite) for k in folds}
@@ -138,15 +142,15 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     rt = setup_runtime(cfg, distributed=True)
     try:
         if rt.dist.is_main:
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source, hub)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source, hub)
     finally:
         shutdown()
 
 
 def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
-                 actions: dict, rt, quiet: bool, fold_source: str) -> list[dict]:
+                 actions: dict, rt, quiet: bool, fold_source: str, hub: HubWeights | None) -> list[dict]:
     n_folds = int(fold_of.max()) + 1
     processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
     if fold_source not in ("--fold", "default"):
@@ -154,10 +158,12 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}{processes}")
     decoded = decode_all(table.paths, quiet=quiet)
-    spec = infer_spec(decoded, cfg.image_size_px)
+    spec = infer_spec(decoded, cfg.image_size_px or (hub.input_size_px if hub else 0))
     images = to_array(decoded, spec, cfg.resize_interp)
     del decoded
-    info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images)}
+    info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images),
+            "input_size_px": cfg.input_size_px or (hub.input_size_px if hub else 0)}
+    stats = pretrained_stats(hub, spec.in_chans) if hub and cfg.normalize != "data" else None
     for k in folds:  # every fold's extra-row folders pass the leak guard before the first fold trains
         if cfg.synthetic:
             read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
@@ -167,7 +173,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
               "packages": package_versions(), "world_size": rt.dist.world_size}
     results = []
     for k in folds:
-        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt)  # builds and tries the model first
+        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats)  # builds and tries the model
         if actions[k] == "resume":  # checks last.pt against this run before anything in the folder changes
             trainer.resume()
         if rt.dist.is_main:
@@ -181,6 +187,14 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     if rt.dist.is_main:
         report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, config_to_dict(cfg), info["fingerprint"])
     return results
+
+
+def pretrained_stats(hub: HubWeights, in_chans: int) -> tuple[list[float], list[float]]:
+    """The pretrained weights' input mean/std; for grey input the channel average (timm sums the first conv's
+    RGB filters into one, which sees a grey image like three equal channels)."""
+    if in_chans == 1:
+        return [float(np.mean(hub.mean))], [float(np.mean(hub.std))]
+    return hub.mean, hub.std
 
 
 def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: dict, fingerprint: dict) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -125,21 +126,35 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return num_images // batch_size if drops_last_batch(num_images, batch_size) else 1
 
 
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rt: Runtime, augment=None) -> torch.Tensor:
+@dataclass
+class InputNorm:
+    """How a uint8 batch becomes model input: per-channel mean and std on the device, and the side the model
+    is fed at (0 = the cache's size; larger upscales on the device, so a small cache can feed a model
+    pretrained at 224 px)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    size_px: int = 0
+
+
+def to_input(images: torch.Tensor, norm: InputNorm, rt: Runtime, augment=None) -> torch.Tensor:
     """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view).
 
     `augment` (a function of the float NCHW batch in [0, 255]) runs before normalisation, so its zero
-    fill is a black pixel."""
+    fill is a black pixel; the resize to `norm.size_px` comes after it."""
     x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
     if augment is not None:
         x = augment(x)
-    x = x.div_(255).sub_(mean).div_(std)
+    if norm.size_px and tuple(x.shape[-2:]) != (norm.size_px, norm.size_px):
+        x = F.interpolate(x, size=(norm.size_px, norm.size_px), mode="bilinear", align_corners=False)
+    x = x.div_(255).sub_(norm.mean).div_(norm.std)
     return x.contiguous(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
 
 
-def norm_tensors(mean: list[float], std: list[float], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_tensors(mean: list[float], std: list[float], rt: Runtime, size_px: int = 0) -> InputNorm:
     shape = (1, len(mean), 1, 1)
-    return (torch.tensor(mean, device=rt.device).view(shape), torch.tensor(std, device=rt.device).view(shape))
+    return InputNorm(torch.tensor(mean, device=rt.device).view(shape), torch.tensor(std, device=rt.device).view(shape),
+                     size_px)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
@@ -160,7 +175,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
-        x = to_input(images, *norm, rt, augment)
+        x = to_input(images, norm, rt, augment)
         y = labels.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             loss = loss_fn(model(x), y)
@@ -207,7 +222,7 @@ def predict_probs(model: nn.Module, images: np.ndarray, batch_size: int, norm, r
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=quiet, unit="batch"):
         batch = torch.from_numpy(images[start:start + batch_size]).to(rt.device, non_blocking=True)
-        x = to_input(view(batch) if view else batch, *norm, rt)
+        x = to_input(view(batch) if view else batch, norm, rt)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             logits = model(x)
         out.append(torch.softmax(logits.float(), dim=1).cpu())

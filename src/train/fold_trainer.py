@@ -81,10 +81,11 @@ class DataInfo:
     mean: list[float]
     std: list[float]
     fingerprint: dict
+    input_size_px: int = 0  # the side the model is fed at (0 = the cache's)
 
     def to_dict(self) -> dict:
         return {"classes": self.classes, "image_spec": vars(self.spec), "mean": self.mean, "std": self.std,
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "input_size_px": self.input_size_px}
 
 
 class FoldTrainer:
@@ -123,7 +124,7 @@ class FoldTrainer:
         targets = data.train_labels if data.train_targets is None else data.train_targets
         self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips))
         self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
-        self.norm = norm_tensors(info.mean, info.std, rt)
+        self.norm = norm_tensors(info.mean, info.std, rt, info.input_size_px)
         self.check_forward()
         # What trains: the model itself, or its DistributedDataParallel wrapper (same weights) under torchrun.
         self.train_model = wrap_model(self.model, self.dist, rt.device)
@@ -135,7 +136,7 @@ class FoldTrainer:
     def check_forward(self) -> None:
         """One forward pass on two validation images, so a model that cannot take this input size fails
         now, with a message, instead of after the run directory exists."""
-        x = to_input(torch.from_numpy(self.data.val_images[:2]), *self.norm, self.rt)
+        x = to_input(torch.from_numpy(self.data.val_images[:2]), self.norm, self.rt)
         spec = self.info.spec
         try:
             with torch.no_grad():

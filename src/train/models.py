@@ -1,4 +1,5 @@
-"""Model factory over timm, our small-image CNN, and local pretrained-weight loading (never a hub)."""
+"""Model factory over timm and our small-image CNN, with pretrained weights from the hub (src/train/hub.py) or a
+local file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from torch import nn
 
 from src.core.errors import UserError
 from src.train.config import TrainConfig
+from src.train.hub import HUB_PREFIX, create_hub_model, is_hub, resolve_hub
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -74,11 +76,17 @@ def smallcnn(pretrained: bool = False, **kwargs) -> SmallCNN:
 
 
 def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
-    """timm model by name with our channel and class counts, optionally with local weights."""
-    if not timm.is_model(cfg.model):
-        hint = timm.list_models(f"*{cfg.model}*")[:5]
-        raise UserError(f"model {cfg.model!r} is not a timm model name" + (f" (close: {hint})" if hint else ""))
-    model = timm.create_model(cfg.model, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+    """timm model by name with our channel and class counts, optionally with hub weights (through timm's
+    loader) or local weights."""
+    if is_hub(cfg.pretrained):
+        return create_hub_model(resolve_hub(cfg.model, cfg.pretrained), num_classes, in_chans, cfg.drop_rate)
+    name = cfg.model
+    if name.startswith(HUB_PREFIX):  # a hub architecture, weights from elsewhere (a checkpoint): built from its
+        name = resolve_hub(name, name).timm_name()  # cached config.json, or the one-line error says how to get it
+    elif not timm.is_model(name):
+        hint = timm.list_models(f"*{name}*")[:5]
+        raise UserError(f"model {name!r} is not a timm model name" + (f" (close: {hint})" if hint else ""))
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                               drop_rate=cfg.drop_rate)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, in_chans)
@@ -116,6 +124,8 @@ def freeze_backbone_norms(model: nn.Module) -> None:
 def check_ssl_weights(path: str | Path, model: str, height_px: int, width_px: int) -> None:
     """pretrain.py's backbone.pt records its network and image size: refuse another network, and say so when
     fine-tuning at another size (the weights load, but features learnt at one scale transfer worse)."""
+    if is_hub(str(path)):
+        return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file (e.g. safetensors): nothing recorded to compare

@@ -337,14 +337,14 @@ def test_backbone_lr_mult_gives_the_backbone_its_own_peak_lr():
 
 
 def test_frozen_epoch_trains_only_the_head_and_keeps_batchnorm_statistics():
-    from src.train.engine import build_optimizer, train_one_epoch
+    from src.train.engine import InputNorm, build_optimizer, train_one_epoch
     torch.manual_seed(0)
     net = build_backbone("smallcnn", 1)
     net.reset_classifier(3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     images = torch.randint(0, 255, (16, 12, 12, 1), dtype=torch.uint8)
     batches = [(images[:8], torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])), (images[8:], torch.tensor([2] * 8))]
-    norm = (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    norm = InputNorm(torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
     optimizer = build_optimizer(TrainConfig(lr=1e-2, backbone_lr_mult=0.5), net)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     train_one_epoch(net, batches, optimizer, torch.nn.CrossEntropyLoss(), lambda s: 1.0, 0, scaler, norm, CPU,
