@@ -19,12 +19,14 @@ def main() -> None:
     parser.add_argument("--out", default="",
                         help="output CSV (default: folds/<data folder name>-<id key>_k<K>_s<seed>.csv)")
     parser.add_argument("--overwrite", action="store_true", help="replace a fold file made from another train.csv")
+    parser.add_argument("--cache-dir", default="", help="image cache folder (the pixel scan is kept there for "
+                        "train.py); default: <data folder's parent>/.image_cache")
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     from src.data.folds import make_fold_file
     make_fold_file(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col, args.group_col,
                    args.n_folds, args.seed, Path(args.out) if args.out else None, quiet=args.quiet,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, cache_dir=args.cache_dir)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from src.core.atomic import save_figure, write_csv, write_text
 from src.core.metrics import accuracy, macro_f1
 from src.core.repro import git_commit
 from src.core.tables import markdown_table
-from src.data.images import decode_all
 from src.infer.pipeline import load_oof_data, oof_by_view, test_images
 from src.infer.predictor import Predictor
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
@@ -48,7 +47,7 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
     has_lb = sample_path.is_file() and solution_path.is_file()
     if has_lb:
         sample, solution = read_sample(sample_path), read_solution(solution_path)
-        test = p.prepare(decode_all(test_images(data_dir, "test", sample, sample_path), quiet=quiet))
+        test = p.cached(test_images(data_dir, "test", sample, sample_path), quiet)
         per_fold_test = p.predict_views(test, p.views, quiet=quiet).mean(axis=1)  # (folds, N, classes)
 
     def leaderboard(probs: np.ndarray) -> dict:

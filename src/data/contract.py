@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.errors import UserError
-from src.data.images import IMAGE_EXTS
+from src.data.images import IMAGE_EXTS, array_sha1
 
 
 @dataclass
@@ -139,4 +139,4 @@ def data_fingerprint(table: LabelTable, folds_path: Path, images: np.ndarray) ->
     """Hashes that tell whether a resumed, summarised or predicted run sees the data it was trained on."""
     return {"train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
             "folds_csv_sha256": file_sha256(folds_path),
-            "image_cache_sha1": hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()}
+            "image_cache_sha1": array_sha1(images)}

@@ -11,8 +11,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.atomic import write_csv
 from src.core.errors import UserError
+from src.data.cache import default_cache_dir, scan_images
 from src.data.contract import LabelTable, file_sha256, read_csv_checked, read_train_table
-from src.data.images import decode_all, pixel_hash
 
 
 def check_class_counts(labels: np.ndarray, classes: list[str], n_folds: int, source: str) -> None:
@@ -188,7 +188,7 @@ def parse_fold_arg(text: str, n_folds: int, source: str = "--fold") -> list[int]
 
 def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str, group_col: str,
                    n_folds: int, seed: int, out: Path | None, quiet: bool = True, overwrite: bool = False,
-                   folds_dir: str | Path = "folds") -> pd.DataFrame:
+                   folds_dir: str | Path = "folds", cache_dir: str = "") -> pd.DataFrame:
     """Validate the data, assign folds and write them atomically (to `out`, else the data set's own name in
     `folds_dir`); prints per-fold class counts."""
     if n_folds < 2:
@@ -197,7 +197,8 @@ def make_fold_file(data_dir: str, train_csv: str, image_dir: str, id_col: str, l
     check_class_counts(table.labels, table.classes, n_folds, str(table.source))
     out = Path(out) if out else fold_file_path(folds_dir, data_dir, table, n_folds, seed)
     check_fold_target(out, table, id_col, label_col, overwrite)
-    hashes = [pixel_hash(image) for image in decode_all(table.paths, quiet=quiet)]
+    # Pixel hashes from the cache folder's scan (decoded in parallel once, never all held in memory).
+    hashes = [f.pixel_hash for f in scan_images(table.paths, Path(cache_dir or default_cache_dir(data_dir)), quiet)]
     keys = [hashes]
     if group_col:
         if not table.source.is_file():

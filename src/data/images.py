@@ -105,43 +105,73 @@ class ImageSpec:
 
 
 
-def infer_spec(images: list[np.ndarray], image_size_px: int) -> ImageSpec:
-    """Pick the cache shape: a requested square size, else the common size (median if mixed)."""
-    in_chans = 1 if all(is_gray(im) for im in images) else 3
+@dataclass
+class ImageFacts:
+    """What the cache shape and the duplicate search need from a decoded image, without keeping its pixels."""
+
+    height_px: int
+    width_px: int
+    gray: bool
+    pixel_hash: str
+
+
+def facts_of(image: np.ndarray) -> ImageFacts:
+    return ImageFacts(image.shape[0], image.shape[1], is_gray(image), pixel_hash(image))
+
+
+def spec_from_facts(facts: list[ImageFacts], image_size_px: int) -> ImageSpec:
+    """Pick the cache shape: a requested square size, else the common size (median if mixed); gray only when
+    every image is."""
+    in_chans = 1 if all(f.gray for f in facts) else 3
     if image_size_px:
         return ImageSpec(image_size_px, image_size_px, in_chans)
-    shapes = Counter(im.shape[:2] for im in images)
+    shapes = Counter((f.height_px, f.width_px) for f in facts)
     if len(shapes) == 1:
         height, width = next(iter(shapes))
         return ImageSpec(height, width, in_chans)
-    side = int(np.median([max(im.shape[:2]) for im in images]))
+    side = int(np.median([max(f.height_px, f.width_px) for f in facts]))
     return ImageSpec(side, side, in_chans)
 
+
+def infer_spec(images: list[np.ndarray], image_size_px: int) -> ImageSpec:
+    """spec_from_facts for images already decoded in memory."""
+    return spec_from_facts([ImageFacts(im.shape[0], im.shape[1], is_gray(im), "") for im in images], image_size_px)
+
+
+def fit_image(image: np.ndarray, spec: ImageSpec, interp: str) -> np.ndarray:
+    """One decoded image resized and converted to the cache's (H, W, C)."""
+    if image.shape[:2] != (spec.height_px, spec.width_px):
+        image = cv2.resize(image, (spec.width_px, spec.height_px), interpolation=INTERPOLATIONS[interp])
+        image = image[:, :, None] if image.ndim == 2 else image
+    if spec.in_chans == 1 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if spec.in_chans == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image
 
 
 def to_array(images: list[np.ndarray], spec: ImageSpec, interp: str) -> np.ndarray:
     """Resize and convert channels into one contiguous uint8 array (N, H, W, C)."""
     out = np.empty((len(images), spec.height_px, spec.width_px, spec.in_chans), dtype=np.uint8)
-    flag = INTERPOLATIONS[interp]
     for i, image in enumerate(images):
-        if image.shape[:2] != (spec.height_px, spec.width_px):
-            image = cv2.resize(image, (spec.width_px, spec.height_px), interpolation=flag)
-            image = image[:, :, None] if image.ndim == 2 else image
-        if spec.in_chans == 1 and image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
-        elif spec.in_chans == 3 and image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        out[i] = image
+        out[i] = fit_image(image, spec, interp)
     return out
 
+
+def array_sha1(images) -> str:
+    """sha1 of the uint8 cache's bytes in row order (a disk cache knows its own, computed when built)."""
+    known = getattr(images, "sha1", None)
+    return known or hashlib.sha1(np.ascontiguousarray(images).data).hexdigest()
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a uint8 cache, in [0, 1] units, for input normalisation."""
     total = np.zeros(images.shape[-1])
     squares = np.zeros(images.shape[-1])
-    for start in range(0, len(images), 256):  # in chunks: a float copy of a large cache would not fit
-        chunk = images[start:start + 256].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    # In chunks: a float copy of a large cache would not fit. 256 rows, fewer for large images (~64 MB each).
+    rows = max(1, min(256, 8_000_000 // int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), rows):
+        chunk = images[start:start + rows].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
         total += chunk.sum(axis=0)
         squares += (chunk ** 2).sum(axis=0)
     count = images.size / images.shape[-1]

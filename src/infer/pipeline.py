@@ -17,7 +17,8 @@ from src.core.rundir import prob_columns, write_json
 from src.core.tables import markdown_table
 from src.data.contract import LabelTable, data_fingerprint, read_train_table, resolve_image_path
 from src.data.folds import read_folds
-from src.data.images import IMAGE_EXTS, decode_all
+from src.data.images import IMAGE_EXTS
+from src.data.rows import RowView
 from src.infer.ensemble import blend, fit_weights, nested_blend, nested_fit
 from src.infer.predictor import Predictor, parse_threshold
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
@@ -31,7 +32,6 @@ class OofData:
     ids: list[str]
     y: np.ndarray
     fold_of: np.ndarray
-    decoded: list[np.ndarray]
     table: LabelTable
     folds_path: Path
 
@@ -48,14 +48,14 @@ def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
         raise UserError(f"{table.source}: classes changed since {predictors[0].exp_dir} was trained")
     folds_path = Path(predictors[0].folds_csv)
     fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
-    return OofData(table.ids, table.labels, fold_of, decode_all(table.paths, quiet=quiet), table, folds_path)
+    return OofData(table.ids, table.labels, fold_of, table, folds_path)
 
 
 def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_folds: bool = True
                 ) -> dict[str, np.ndarray]:
     """Each fold model predicts its own validation rows under each view: {view: (N, classes)}. With
     all_folds=False `p` may hold only some folds; the other folds' rows stay zero."""
-    images = p.prepare(data.decoded)
+    images = p.cached(data.table.paths, quiet)
     now = data_fingerprint(data.table, data.folds_path, images)
     changed = [k for k, v in now.items() if p.fingerprint.get(k) != v]
     if changed or all_folds and int(data.fold_of.max()) + 1 != len(p.folds):
@@ -65,7 +65,7 @@ def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_
     out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
     for fold in p.folds:
         rows = np.flatnonzero(data.fold_of == fold.fold)
-        probs = p.predict_views(images[rows], views, folds=[fold], quiet=quiet)[0]
+        probs = p.predict_views(RowView(images, rows), views, folds=[fold], quiet=quiet)[0]
         for i, v in enumerate(views):
             out[v][rows] = probs[i]
     return out
@@ -244,11 +244,10 @@ def predict_test(predictors: list[Predictor], paths: list[Path], quiet: bool) ->
     """(folds, views, N, classes) per experiment, identity always included (for the leaderboard's
     single-fold and no-TTA rows), and a line saying how long it took."""
     start = time.perf_counter()
-    decoded = decode_all(paths, quiet=quiet)
-    per_exp = [p.predict_views(p.prepare(decoded), with_identity(p.views), quiet=quiet) for p in predictors]
+    per_exp = [p.predict_views(p.cached(paths, quiet), with_identity(p.views), quiet=quiet) for p in predictors]
     passes = sum(v.shape[0] * v.shape[1] for v in per_exp)
     return per_exp, (f"Test inference: {len(paths)} images x {passes} (fold, view) passes in "
-                     f"{time.perf_counter() - start:.1f} s (decoding included).\n")
+                     f"{time.perf_counter() - start:.1f} s (decoding or the cache included).\n")
 
 
 def write_outputs(out: Path, name: str, frame: pd.DataFrame, sample: pd.DataFrame, final: np.ndarray,

@@ -18,10 +18,13 @@ from src.core.config import config_differences, config_from_dict
 from src.core.errors import UserError
 from src.core.metrics import eer_point
 from src.core.rundir import fold_finished, load_checkpoint, read_oof
+from src.data.cache import cached_images
 from src.data.folds import locate_fold_file
 from src.data.images import ImageSpec, decode_all, to_array
+from src.data.rows import Rows
 from src.infer.tta import VIEWS, parse_views
 from src.train.config import TrainConfig
+from src.train.cv import train_cache_dir
 from src.train.engine import Runtime, norm_tensors, predict_probs, setup_runtime
 from src.train.models import build_model
 
@@ -165,8 +168,13 @@ class Predictor:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def prepare(self, decoded: list[np.ndarray]) -> np.ndarray:
-        """Decoded images -> the uint8 cache shape this experiment was trained on."""
+        """Decoded images -> the uint8 cache shape this experiment was trained on (a few files, in memory)."""
         return to_array(decoded, self.spec, self.cfg.resize_interp)
+
+    def cached(self, paths: list[Path], quiet: bool = True) -> Rows:
+        """Image files at this experiment's cache shape through the disk cache: decoded once, for this run and
+        every later one (the training images are usually cached already)."""
+        return cached_images(paths, train_cache_dir(self.cfg), self.cfg.resize_interp, quiet, spec=self.spec)
 
     def predict_views(self, images: np.ndarray, views: list[str], folds: list[FoldModel] | None = None,
                       quiet: bool = True) -> np.ndarray:

@@ -110,12 +110,11 @@ def review_queue(ids: list[str], uncertain: pd.DataFrame, suggested: list[str], 
     return queue, controls
 
 
-def write_review_files(out: Path, queue: pd.DataFrame, rank_by: str, images_by_id: dict[str, np.ndarray],
-                       sheet_items: int) -> None:
+def write_review_files(out: Path, queue: pd.DataFrame, rank_by: str, image_of, sheet_items: int) -> None:
     """review_queue.csv (what reviewers fill in: item, id, suggested, label, reviewer; nothing marks a control
     row), review_images/<id>.png (every item re-encoded the same way, so neither file names nor formats nor
     folders tell a control from a real item), review_queue.png (the first items as a contact sheet) and the
-    hidden columns in queue_key.csv."""
+    hidden columns in queue_key.csv. image_of(image id) gives an item's cached pixels for the sheet."""
     public = queue[["item", "id", "suggested", "label", "reviewer"]]
     write_csv(out / "review_queue.csv", public)
     write_csv(out / "queue_key.csv", queue[["item", "id", "image_id", "control", "suggested", rank_by, "path",
@@ -126,7 +125,7 @@ def write_review_files(out: Path, queue: pd.DataFrame, rank_by: str, images_by_i
     for token, path in zip(queue["id"], queue["path"]):
         write_image(folder / f"{token}.png", decode_image(Path(path)))
     head = queue.head(sheet_items)
-    contact_sheet(out / "review_queue.png", [images_by_id[i] for i in head["image_id"]],
+    contact_sheet(out / "review_queue.png", [image_of(i) for i in head["image_id"]],
                   [f"#{r.item} {r.id}\n{r.suggested}?" for r in head.itertuples()],
                   "review queue: most uncertain first (write the label in review_queue.csv)", columns=8)
 
@@ -189,7 +188,7 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     from src.core.rundir import write_json
     from src.data.contract import read_train_table
     from src.data.folds import read_folds
-    from src.data.images import IMAGE_EXTS, decode_all
+    from src.data.images import IMAGE_EXTS
     from src.infer.predictor import Predictor
 
     p = Predictor.load(exp_dir, device=device, tta="none", folds=[fold])
@@ -200,7 +199,7 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     files = sorted(f for f in images_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS) if images_dir.is_dir() else []
     if not files:
         raise UserError(f"{images_dir}: no images to label ({', '.join(IMAGE_EXTS)}); pass --images-dir")
-    ref_images, query_images = p.prepare(decode_all(table.paths, quiet)), p.prepare(decode_all(files, quiet))
+    ref_images, query_images = p.cached(table.paths, quiet), p.cached(files, quiet)
     batch = cfg.batch_size * 4
     ref, ref_probs = embed(model.model, ref_images, batch, model.norm, p.rt)
     query, probs = embed(model.model, query_images, batch, model.norm, p.rt)
@@ -227,8 +226,9 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     source = {**{i: str(f) for i, f in zip(ids, files)}, **{i: str(f) for i, f in zip(train_ids, table.paths)}}
     queue["path"] = queue["image_id"].map(source)
     queue["review_image"] = [str(out / "review_images" / f"{token}.png") for token in queue["id"]]
-    write_review_files(out, queue, rank_by, {**dict(zip(ids, query_images)), **dict(zip(train_ids, ref_images))},
-                       sheet_items)
+    row_of = {**{i: (query_images, r) for r, i in enumerate(ids)},
+              **{i: (ref_images, r) for r, i in enumerate(train_ids)}}
+    write_review_files(out, queue, rank_by, lambda image_id: row_of[image_id][0][row_of[image_id][1]], sheet_items)
     export_tasks(queue.assign(path=queue["review_image"]), p.classes, out, Path(ls_root), ls_url_prefix)
     write_csv(out / "controls.csv", controls)
     write_json(out / "queue.json", {"exp": str(exp_dir), "fold": fold, "data_dir": cfg.data_dir,

@@ -18,7 +18,7 @@ from src.core.repro import REPO, git_commit
 from src.core.rundir import exp_dir, write_json
 from src.core.tables import markdown_table
 from src.data.extra_rows import PSEUDO_CSV, split_of
-from src.data.images import IMAGE_EXTS, decode_all
+from src.data.images import IMAGE_EXTS
 from src.infer.pipeline import InferOptions, make_submission
 from src.infer.predictor import Predictor
 from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
@@ -126,7 +126,7 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
                                     base=predictor.cfg)
     data_dir = Path(predictor.cfg.data_dir)
     ids = pool_images(data_dir, opt)
-    images = predictor.prepare(decode_all([data_dir / i for i in ids], quiet=opt.quiet))
+    images = predictor.cached([data_dir / i for i in ids], opt.quiet)
     truth = known_labels(data_dir, opt)
     print(f"pseudo-labelling {len(ids)} images from {', '.join(sorted({i.split('/')[0] for i in ids}))}"
           f"{' (test images: transductive, recorded in each run config)' if opt.use_test else ''}")

@@ -44,6 +44,8 @@ HELP = {
     "folds_csv": "fold file (id,label,fold); empty = the one make_folds.py wrote for this data, "
                  "folds/<data folder name>-<id key>_k*_s*.csv",
     "runs_dir": "where run directories are created",
+    "cache_dir": "decoded-image cache folder, shared by every fold, process and script on this data; empty = "
+                 "<data folder's parent>/.image_cache (or ~/.cache/imgkit when that is read-only)",
     "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
     "pretrained": "'timm' = timm's default pretrained weights for --model (e.g. resnet18.a1_in1k), 'hf-hub:org/name' "
                   "= a Hugging Face hub model (its own architecture), both through timm's loader and the HF cache "
@@ -130,9 +132,10 @@ class TrainConfig(DataFields):
     CHOICES: ClassVar[dict] = CHOICES
     RANGES: ClassVar[dict] = RANGES
     HELP: ClassVar[dict] = HELP
-    LOGGING_ONLY: ClassVar[tuple] = ("tensorboard",)  # change what is logged, not what is learned
+    LOGGING_ONLY: ClassVar[tuple] = ("tensorboard", "cache_dir")  # change what is logged or where, not what is learned
     exp: str = "baseline"
     runs_dir: str = "runs"
+    cache_dir: str = ""
     model: str = "smallcnn"
     pretrained: str = ""
     backbone_lr_mult: float = 1.0

@@ -19,6 +19,7 @@ from src.core.metrics import compute_metrics, metric_names
 from src.core.repro import REPO, git_commit, package_versions
 from src.core.rundir import exp_dir, fold_dir, oof_arrays, read_oof, write_json
 from src.core.tables import markdown_table
+from src.data.cache import cached_images, default_cache_dir
 from src.data.contract import LabelTable, data_fingerprint, read_train_table
 from src.data.extra_rows import (
     load_pseudo_rows,
@@ -29,7 +30,8 @@ from src.data.extra_rows import (
     resolve_sample_dir,
 )
 from src.data.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
-from src.data.images import channel_stats, decode_all, infer_spec, to_array
+from src.data.images import channel_stats
+from src.data.rows import ConcatRows, RowView
 from src.train.config import TrainConfig
 from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
@@ -96,7 +98,7 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
     rows it trains on (or the pretrained weights' `stats`), and the model."""
     is_val = fold_of == k
     train_rows = np.flatnonzero(~is_val)
-    real = (images[train_rows], table.labels[train_rows], [table.ids[i] for i in train_rows])
+    real = (RowView(images, train_rows), table.labels[train_rows], [table.ids[i] for i in train_rows])
     parts, extra = [] if cfg.synthetic_only else [real], {}
     if cfg.synthetic:
         *rows, extra["synthetic"] = load_synthetic_rows(
@@ -114,13 +116,13 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
         parts.append(rows)
         print(f"fold {k}: {extra['pseudo']['rows']} pseudo-labelled training rows from {extra['pseudo']['folder']} "
               f"(images from {', '.join(extra['pseudo']['sources'] or ['?'])})")
-    train_images = np.concatenate([p[0] for p in parts])
+    train_images = parts[0][0] if len(parts) == 1 else ConcatRows([p[0] for p in parts])  # rows, not copies
     train_labels = np.concatenate([p[1] for p in parts])
     train_ids = [i for p in parts for i in p[2]]
     if len(train_labels) == 0:
         raise UserError(f"fold {k}: no training rows (the synthetic or pseudo-label selection is empty)")
     mean, std = stats or channel_stats(train_images)
-    data = FoldData(train_images, train_labels, images[is_val], table.labels[is_val],
+    data = FoldData(train_images, train_labels, RowView(images, is_val), table.labels[is_val],
                     [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
                     np.concatenate(targets) if targets else None)
     return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
@@ -157,10 +159,9 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
         print(f"fold {','.join(map(str, folds))} from {fold_source}")
     print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}{processes}")
-    decoded = decode_all(table.paths, quiet=quiet)
-    spec = infer_spec(decoded, cfg.image_size_px or (hub.input_size_px if hub else 0))
-    images = to_array(decoded, spec, cfg.resize_interp)
-    del decoded
+    images = cached_images(table.paths, train_cache_dir(cfg), cfg.resize_interp, quiet,
+                           image_size_px=cfg.image_size_px or (hub.input_size_px if hub else 0))
+    spec = images.spec
     info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images),
             "input_size_px": cfg.input_size_px or (hub.input_size_px if hub else 0)}
     stats = pretrained_stats(hub, spec.in_chans) if hub and cfg.normalize != "data" else None
@@ -189,6 +190,11 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     return results
 
 
+def train_cache_dir(cfg: TrainConfig) -> Path:
+    """--cache-dir, else the default beside the data folder."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.data_dir)
+
+
 def pretrained_stats(hub: HubWeights, in_chans: int) -> tuple[list[float], list[float]]:
     """The pretrained weights' input mean/std; for grey input the channel average (timm sums the first conv's
     RGB filters into one, which sees a grey image like three equal channels)."""
@@ -205,7 +211,7 @@ def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: 
     oof = pd.concat([frame for _, frame in folds], ignore_index=True)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
     write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,
-                      images[[row_of[i] for i in oof["id"]]])
+                      RowView(images, [row_of[i] for i in oof["id"]]))
     print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
           f"{markdown_table(summary)}")
 

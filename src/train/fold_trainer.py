@@ -19,6 +19,7 @@ from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_sta
 from src.core.rundir import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log, write_oof
 from src.data.augment import build_batch_augment, build_transforms
 from src.data.images import ImageSpec
+from src.data.rows import RowView
 from src.train.board import EpochBoard
 from src.train.config import TrainConfig
 from src.train.curves import plot_curves
@@ -250,7 +251,7 @@ class FoldTrainer:
         images = self.data.val_images
         if self.dist.enabled:
             broadcast_module(self.eval_model, self.dist)
-            images = images[rank_share(np.arange(len(images)), self.dist)]
+            images = RowView(images, rank_share(np.arange(len(images)), self.dist))
         probs = predict_probs(self.eval_model, images, self.cfg.batch_size * 2, self.norm, self.rt)
         return all_gather_rows(probs, self.dist)
 

@@ -39,6 +39,9 @@ def infer(tiny_run, *args):
 def test_infer_writes_a_submission_matching_the_sample_and_scores_it(demo, tiny_run, tmp_path):
     proc = infer(tiny_run, "--exp", "tiny", "--out-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
+    # The training images were decoded once, when tiny_run trained (maybe in another process): reused here.
+    cached = [line for line in proc.stdout.splitlines() if line.startswith("image cache:")]
+    assert "reused" in cached[0] and "(200 images 28x28x1" in cached[0] and "(1000 images" in cached[1]
     sample = pd.read_csv(demo["data"] / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(tmp_path / "tiny.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and (sub["image"] == sample["image"]).all()

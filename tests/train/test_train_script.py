@@ -33,6 +33,7 @@ def test_prepare_demo_builds_a_stratified_competition_idempotently(demo, tmp_pat
 def test_train_writes_a_complete_run_directory(demo):
     proc = train(demo, "smoke", "--fold", "0,1")
     assert proc.returncode == 0, proc.stderr
+    assert "image cache: " in proc.stdout  # built or reused, with its path and size
     exp = demo["root"] / "runs" / "smoke"
     run = exp / "fold0"
     for name in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv"):

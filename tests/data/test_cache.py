@@ -1,0 +1,106 @@
+"""The disk-backed image cache: the same pixels as decoding in memory, reused when nothing changed, rebuilt
+when a file changed or a build was cut short, one builder among concurrent processes, and row stacks that
+read only what is asked for."""
+import multiprocessing
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+
+import src.data.cache as cache
+from src.core.errors import UserError
+from src.data.images import decode_all, infer_spec, to_array
+from src.data.rows import ConcatRows, RowView
+
+from helpers import make_competition
+
+
+@pytest.fixture
+def images(tmp_path):
+    data = make_competition(tmp_path / "comp", per_class=5, size_px=10)
+    return sorted((data / "train").glob("*.png")), tmp_path / "cache"
+
+
+def in_memory(paths, size_px=0):
+    decoded = decode_all(paths)
+    spec = infer_spec(decoded, size_px)
+    return to_array(decoded, spec, "cubic")
+
+
+def test_cached_rows_equal_decoding_in_memory_and_a_second_call_reuses_them(images, capsys):
+    paths, folder = images
+    first = cache.cached_images(paths, folder, "cubic", quiet=True, image_size_px=16)
+    assert "image cache: built" in capsys.readouterr().out
+    expected = in_memory(paths, 16)
+    assert first.shape == expected.shape and np.array_equal(first[:], expected)
+    assert first.sha1 == cache.file_sha1(first.path)
+    again = cache.cached_images(paths, folder, "cubic", quiet=True, image_size_px=16)
+    assert "image cache: reused" in capsys.readouterr().out and again.path == first.path
+    assert np.array_equal(again[[7, 2, 3]], expected[[7, 2, 3]])
+    other = cache.cached_images(paths, folder, "cubic", quiet=True, image_size_px=12)  # another size: its own
+    assert other.path != first.path and other.shape[1:] == (12, 12, 1)
+
+
+def test_an_interrupted_or_changed_cache_is_rebuilt_never_trusted(images, capsys):
+    paths, folder = images
+    built = cache.cached_images(paths, folder, "cubic", quiet=True)
+    meta = built.path.with_suffix(".json")
+    meta.unlink()  # the build stopped before its meta was written
+    cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert capsys.readouterr().out.count("built") == 2
+    with open(built.path, "r+b") as handle:  # a data file cut short
+        handle.truncate(10)
+    rebuilt = cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert "built" in capsys.readouterr().out and np.array_equal(rebuilt[:], in_memory(paths))
+    cv2.imwrite(str(paths[3]), np.full((10, 10), 255, np.uint8))  # an image changed: other files, other key
+    changed = cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert changed.path != built.path and (changed[3] == 255).all()
+
+
+def test_parallel_decoding_writes_the_same_bytes_and_a_worker_error_is_one_line(images, monkeypatch, capsys):
+    paths, folder = images
+    serial = cache.cached_images(paths, folder / "serial", "cubic", quiet=True, image_size_px=16)
+    monkeypatch.setattr(cache, "workers", lambda: 2)
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(cache, "CHUNK", 4)
+    parallel = cache.cached_images(paths, folder / "parallel", "cubic", quiet=True, image_size_px=16)
+    assert parallel.sha1 == serial.sha1
+    paths[5].write_bytes(b"\x89PNG broken")
+    with pytest.raises(UserError, match="truncated PNG"):
+        cache.cached_images(paths, folder / "broken", "cubic", quiet=True, image_size_px=16)
+    assert not list((folder / "broken").glob("*.u8*"))  # nothing half-written
+
+
+def _build(args):
+    paths, folder = args
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cache.cached_images(paths, folder, "cubic", quiet=True)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_concurrent_processes_build_once_and_reuse(images):
+    paths, folder = images
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        lines = pool.map(_build, [(paths, folder)] * 2)
+    assert sorted(line.split()[2] for line in lines) == ["built", "reused"]
+
+
+def test_row_stacks_index_like_arrays_and_pickle_without_a_file_handle(images):
+    paths, folder = images
+    base = cache.cached_images(paths, folder, "cubic", quiet=True)
+    expected = in_memory(paths)
+    view = RowView(base, [4, 0, 9])
+    assert np.array_equal(view[:], expected[[4, 0, 9]]) and np.array_equal(view[-1], expected[9])
+    assert np.array_equal(RowView(base, expected[:, 0, 0, 0] >= 0)[:], expected)  # a boolean mask
+    extra = np.zeros((2, *expected.shape[1:]), np.uint8)
+    both = ConcatRows([view, extra])
+    assert len(both) == 5 and np.array_equal(both[[4, 0, 3]], np.stack([extra[1], expected[4], extra[0]]))
+    assert np.array_equal(both[1:3], expected[[0, 9]])
+    base[0]  # opens the file in this process
+    copy = pickle.loads(pickle.dumps(base))  # a loader worker gets its own descriptor when it reads
+    assert copy._fd is None and np.array_equal(copy[[1]], expected[[1]])
