@@ -36,9 +36,11 @@ CHUNK = 64  # images per task handed to a worker
 
 def default_cache_dir(data_dir: str | Path) -> Path:
     """<data folder's parent>/.image_cache when that folder is writable (beside the data, like data/ itself
-    in this repo), else ~/.cache/imgkit (a read-only input folder, as on Kaggle)."""
+    in this repo), else ~/.cache/imgkit (a read-only input folder, as on Kaggle). A folder without any write
+    permission bit counts as read-only even for root, who could write there anyway."""
     parent = Path(data_dir).resolve().parent
-    return parent / ".image_cache" if os.access(parent, os.W_OK) else Path.home() / ".cache" / "imgkit"
+    writable = os.access(parent, os.W_OK) and parent.stat().st_mode & 0o222
+    return parent / ".image_cache" if writable else Path.home() / ".cache" / "imgkit"
 
 
 def files_key(paths: list[Path]) -> str:
@@ -121,12 +123,13 @@ def file_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def human_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{size} B"
+def human_bytes(size: float) -> str:
+    """1,536 -> '1.5 KiB' (binary units: 9.8 GB of decoded images print as 9.2 GiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
-    return f"{size:.1f} GB"
+    return f"{size:.1f} GiB"
 
 
 class CachedImages(Rows):

@@ -104,3 +104,15 @@ def test_row_stacks_index_like_arrays_and_pickle_without_a_file_handle(images):
     base[0]  # opens the file in this process
     copy = pickle.loads(pickle.dumps(base))  # a loader worker gets its own descriptor when it reads
     assert copy._fd is None and np.array_equal(copy[[1]], expected[[1]])
+
+
+def test_the_default_cache_sits_beside_the_data_unless_that_folder_is_read_only(tmp_path):
+    (tmp_path / "comps" / "a").mkdir(parents=True)
+    assert cache.default_cache_dir(tmp_path / "comps" / "a") == tmp_path / "comps" / ".image_cache"
+    read_only = tmp_path / "input"
+    (read_only / "comp").mkdir(parents=True)
+    read_only.chmod(0o555)  # as a Kaggle input folder (root could still write there: the mode decides)
+    try:
+        assert cache.default_cache_dir(read_only / "comp") == cache.Path.home() / ".cache" / "imgkit"
+    finally:
+        read_only.chmod(0o755)
