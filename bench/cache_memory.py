@@ -1,6 +1,7 @@
 """Peak memory and time of train.py on a generated photo set, through the disk-backed image cache: the first
-run decodes into the cache, the second reuses it. The same images decoded into one array in RAM (how the kit
-worked before the cache) would need N x size x size x 3 bytes in every process.
+run decodes into the cache, the second reuses it. The baseline, measured in the same run, is the kit's way
+before the cache (every image decoded into one array in memory, in every process) on as many images as fit
+(--baseline-images); it grows linearly with the set.
 
     python bench/cache_memory.py --images 50000 --size-px 256   # the issue's 9.8 GB set (~15 min on 2 cores)
     python bench/cache_memory.py --quick                         # 600 images at 64 px: checks the bench runs
@@ -31,6 +32,16 @@ from src.data.cache import human_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("disc", "square", "bar", "ring", "cross")
+# The kit's path before the cache, in a process of its own: decode every image into a list, then into one
+# array (what train.py did in every process), and report the peak RSS.
+IN_MEMORY = ("import json, resource, sys\n"
+             "from pathlib import Path\n"
+             "sys.path.insert(0, sys.argv[1])\n"
+             "from src.data.images import decode_all, infer_spec, to_array\n"
+             "paths = sorted(Path(sys.argv[2]).glob('*.jpg'))[:int(sys.argv[3])]\n"
+             "decoded = decode_all(paths)\n"
+             "images = to_array(decoded, infer_spec(decoded, int(sys.argv[4])), 'cubic')\n"
+             "print(json.dumps({'self_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n")
 # Runs a script and reports its own peak RSS (KiB on Linux) as JSON on the last line. (A child's figure would
 # not help: a forked child counts the parent's pages until it execs.)
 MEASURE = ("import json, resource, runpy, sys\n"
@@ -110,6 +121,8 @@ def main() -> None:
     parser.add_argument("--input-size-px", type=int, default=64, help="the side the model is fed at")
     parser.add_argument("--model", default="resnet18", help="timm model name")
     parser.add_argument("--work-dir", default="/tmp/kit-cache-bench", help="data, cache and runs go here")
+    parser.add_argument("--baseline-images", type=int, default=5000,
+                        help="images the in-memory baseline decodes (all of them would not fit)")
     parser.add_argument("--quick", action="store_true", help="600 images at 64 px: checks the bench runs")
     parser.add_argument("--out", default="bench/cache_memory.md", help="Markdown table written here")
     args = parser.parse_args()
@@ -121,7 +134,18 @@ def main() -> None:
     start = time.perf_counter()
     generate(data, args.images, args.size_px)
     print(f"data: {args.images} images in {time.perf_counter() - start:.0f} s", flush=True)
-    rows = [{"step": "make_folds.py (parallel scan: every image decoded and hashed once)",
+    baseline = min(args.baseline_images, args.images)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", IN_MEMORY, str(REPO), str(data / "train"), str(baseline),
+                           str(args.size_px)], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the in-memory baseline failed:\n{proc.stderr[-2000:]}")
+    rows = [{"step": f"baseline: the first {baseline} images decoded into one array in memory (the kit's way "
+                     f"before the cache; train.py held this in every process)",
+             "wall time": f"{time.perf_counter() - start:.1f} s",
+             "peak RSS": human_bytes(json.loads(proc.stdout.strip().splitlines()[-1])["self_kib"] * 1024),
+             "cache": ""}]
+    rows += [{"step": "make_folds.py (parallel scan: every image decoded and hashed once)",
              **measured("make_folds.py", "--data-dir", str(data), "--out", str(work / "folds.csv"),
                         "--cache-dir", str(cache_dir), "--overwrite", "--quiet")}]
     train = ["--data-dir", str(data), "--folds-csv", str(work / "folds.csv"), "--cache-dir", str(cache_dir),

@@ -1,27 +1,32 @@
 """Decode once, read rows ever after: the disk-backed image cache.
 
 Every image of a data set is decoded once, at the training size, into one uint8 file (N, H, W, C) under a
-cache folder, keyed by the image files (path, size, modification time), the size, interpolation and
-channels. Folds, torchrun ranks, Slurm array tasks, infer.py, pseudo_label.py and ablate.py's jobs read rows
-from it instead of decoding again. Rows are read with pread, not a memory map, so a process holds only the
-batches it asks for: the page cache keeps the file warm without counting in the process's memory.
+cache folder, keyed by the image files (path, size, modification and change times, inode), the size,
+interpolation, channels and OpenCV version. Folds, torchrun ranks, Slurm array tasks, infer.py,
+pseudo_label.py and ablate.py's jobs read rows from it instead of decoding again. Rows are read with pread,
+not a memory map, so a process holds only the batches it asks for: the page cache keeps the file warm
+without counting in the process's memory.
 
 The meta file is written last: a cache without one (interrupted), or whose meta or size no longer matches,
 is rebuilt, never trusted. A file lock lets one process build while the others (ranks, array tasks) wait and
-then reuse it. Decoding runs in parallel over the cores.
+then reuse it; a complete cache in a read-only folder is reused without the lock. Decoding runs in parallel
+over the cores. The folder only ever grows: delete it (or files in it) to reclaim space; it is rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from src.core.atomic import write_text
@@ -30,8 +35,8 @@ from src.data.images import ImageFacts, ImageSpec, decode_image, facts_of, fit_i
 from src.data.rows import Rows
 
 CACHE_FORMAT = 1
-PARALLEL_FROM = 256  # fewer images decode sooner in this process than a pool of workers starts
-CHUNK = 64  # images per task handed to a worker
+PARALLEL_FROM_IMAGES = 256  # fewer images decode sooner in this process than a pool of workers starts
+IMAGES_PER_TASK = 64
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
@@ -44,36 +49,53 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 
 def files_key(paths: list[Path]) -> str:
-    """What identifies the image files: each one's absolute path, size and modification time, in row order."""
+    """What identifies the image files, in row order: each one's absolute path, size, modification time,
+    change time and inode (a file replaced by one of the same size and copied-back mtime still differs in the
+    last two, which no user tool sets)."""
     digest = hashlib.sha256()
     for path in paths:
         try:
-            stat = Path(path).stat()
+            st = Path(path).stat()
         except OSError:
             raise UserError(f"{path}: image file not found") from None
-        digest.update(f"{Path(path).resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n"
+                      .encode())
     return digest.hexdigest()[:24]
 
 
-def workers() -> int:
+def cache_key(files: str, spec: ImageSpec, interp: str) -> str:
+    """The cache file's name: the files, the shape, the resize kernel and the OpenCV that applies it."""
+    text = f"{CACHE_FORMAT}\n{files}\n{asdict(spec)}\n{interp}\n{cv2.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def worker_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _run(task, chunks: list, desc: str, quiet: bool) -> list:
-    """task(chunk) for every chunk, in parallel when it pays, results in chunk order, with a progress bar."""
+    """task(chunk) for every chunk, in parallel when it pays, results in chunk order, with a progress bar.
+    A worker's error (a UserError naming the image) or Ctrl-C cancels the chunks not yet started."""
     total = sum(len(c[0]) for c in chunks)
     bar = tqdm(total=total, desc=desc, unit="img", disable=quiet, leave=False)
     results = [None] * len(chunks)
-    if workers() == 1 or total < PARALLEL_FROM:
+    if worker_count() == 1 or total < PARALLEL_FROM_IMAGES:
         for i, chunk in enumerate(chunks):
             results[i] = task(chunk)
             bar.update(len(chunk[0]))
-    else:  # spawn: the workers import only this module, never a forked copy of torch's threads
-        with ProcessPoolExecutor(workers(), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(task, chunk): i for i, chunk in enumerate(chunks)}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()  # a worker's UserError surfaces here, one line
-                bar.update(len(chunks[futures[future]][0]))
+        bar.close()
+        return results
+    # spawn: the workers import only this module, never a forked copy of torch's threads
+    pool = ProcessPoolExecutor(worker_count(), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(task, chunk): i for i, chunk in enumerate(chunks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update(len(chunks[futures[future]][0]))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the running chunks finish; no new one starts
+        raise
+    pool.shutdown()
     bar.close()
     return results
 
@@ -83,21 +105,48 @@ def _scan_chunk(chunk: tuple) -> list[ImageFacts]:
     return [facts_of(decode_image(Path(p))) for p in paths]
 
 
+def _read_scan(path: Path) -> list[ImageFacts] | None:
+    try:
+        return [ImageFacts(**f) for f in json.loads(path.read_text())] if path.is_file() else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # unreadable: scan again
+
+
 def scan_images(paths: list[Path], cache_dir: Path, quiet: bool) -> list[ImageFacts]:
     """Size, grey-ness and pixel hash of every image (decoded in parallel, nothing kept), remembered in the
     cache folder for the same files."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{files_key(paths)}.scan.json"
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            try:
-                return [ImageFacts(**f) for f in json.loads(path.read_text())]
-            except (ValueError, TypeError, KeyError):
-                pass  # unreadable: scan again
-        chunks = [(paths[i:i + CHUNK],) for i in range(0, len(paths), CHUNK)]
-        facts = [f for part in _run(_scan_chunk, chunks, "scan", quiet) for f in part]
-        write_text(path, json.dumps([asdict(f) for f in facts]))
+    path = Path(cache_dir) / f"{files_key(paths)}.scan.json"
+    facts = _read_scan(path)
+    if facts is not None:
+        return facts
+    with cache_lock(path.with_name(path.name + ".lock"), cache_dir):
+        facts = _read_scan(path)  # another process may have scanned while this one waited
+        if facts is None:
+            chunks = [(paths[i:i + IMAGES_PER_TASK],) for i in range(0, len(paths), IMAGES_PER_TASK)]
+            facts = [f for part in _run(_scan_chunk, chunks, "scan", quiet) for f in part]
+            write_text(path, json.dumps([asdict(f) for f in facts]))
     return facts
+
+
+@contextlib.contextmanager
+def cache_lock(lock_path: Path, cache_dir: Path):
+    """Hold the lock that lets one process write a cache entry; say so when another process holds it."""
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # one line even when quiet: a silent wait looks like a hang
+            print(f"image cache: waiting for another process building {lock_path.stem} in {cache_dir}", flush=True)
+            lock.acquire()
+    except OSError as err:
+        raise UserError(f"{cache_dir}: cannot write the image cache there ({err.strerror or err}); train.py "
+                        f"--cache-dir picks another folder (it is recorded for infer.py and the other scripts)") \
+            from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _write_chunk(chunk: tuple) -> int:
@@ -135,6 +184,8 @@ def human_bytes(size: float) -> str:
 class CachedImages(Rows):
     """A built cache: rows read with pread into fresh arrays, so only what is asked for is in memory."""
 
+    MAX_READ_BYTES = 1 << 30  # Linux returns at most ~2 GiB per read call
+
     def __init__(self, path: Path, spec: ImageSpec, n: int, sha1: str):
         super().__init__((n, spec.height_px, spec.width_px, spec.in_chans))
         self.path, self.spec, self.sha1 = path, spec, sha1
@@ -148,12 +199,17 @@ class CachedImages(Rows):
     def take(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
         row_bytes = int(np.prod(self.shape[1:]))
+        per_read = max(1, self.MAX_READ_BYTES // row_bytes)
         fd, start = self._file(), 0
         while start < len(rows):  # one read per run of consecutive rows
             end = start + 1
-            while end < len(rows) and rows[end] == rows[end - 1] + 1:
+            while end < len(rows) and end - start < per_read and rows[end] == rows[end - 1] + 1:
                 end += 1
-            os.preadv(fd, [memoryview(out[start:end]).cast("B")], int(rows[start]) * row_bytes)
+            want = (end - start) * row_bytes
+            got = os.preadv(fd, [memoryview(out[start:end]).cast("B")], int(rows[start]) * row_bytes)
+            if got != want:
+                raise UserError(f"{self.path}: the image cache is shorter than its meta says (read {got} of {want} "
+                                f"bytes); delete it to have it rebuilt")
             start = end
         return out
 
@@ -165,58 +221,61 @@ class CachedImages(Rows):
             os.close(self._fd)
 
 
+def _complete(meta_path: Path, data: Path, key: str, size: int) -> dict | None:
+    """The meta of a finished cache entry that still matches, else None (interrupted, stale or cut short)."""
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not meta or meta.get("key") != key or not data.is_file() or data.stat().st_size != size:
+        return None
+    return meta
+
+
 def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, image_size_px: int = 0,
                   spec: ImageSpec | None = None) -> CachedImages:
     """The images decoded at `spec` (a trained model's), or at the shape train.py picks from `image_size_px`
     (see spec_from_facts), from the cache: built now, or reused. Prints one line saying which."""
     cache_dir = Path(cache_dir)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{cache_dir}: cannot create the image cache folder ({err.strerror}); set --cache-dir") \
-            from None
     if spec is None:
         spec = spec_from_facts(scan_images(paths, cache_dir, quiet), image_size_px)
-    files = files_key(paths)
-    key = hashlib.sha256(f"{CACHE_FORMAT}\n{files}\n{asdict(spec)}\n{interp}".encode()).hexdigest()[:24]
+    key = cache_key(files_key(paths), spec, interp)
     data, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
-    row_bytes = spec.height_px * spec.width_px * spec.in_chans
-    with FileLock(str(cache_dir / f"{key}.lock")):
-        meta = read_meta(meta_path)
-        if meta and meta.get("key") == key and data.is_file() and data.stat().st_size == len(paths) * row_bytes:
-            print(f"image cache: reused {data} ({len(paths)} images {spec.height_px}x{spec.width_px}x"
-                  f"{spec.in_chans}, {human_bytes(data.stat().st_size)})")
-            return CachedImages(data, spec, len(paths), meta["sha1"])
-        meta_path.unlink(missing_ok=True)  # a stale or partial cache is rebuilt, never trusted
-        build(paths, spec, interp, data, quiet)
-        sha1 = file_sha1(data)
-        write_text(meta_path, json.dumps({"format": CACHE_FORMAT, "key": key, "files": files, "n": len(paths),
-                                          "spec": asdict(spec), "interp": interp, "sha1": sha1}, indent=1))
-    print(f"image cache: built {data} ({len(paths)} images {spec.height_px}x{spec.width_px}x{spec.in_chans}, "
-          f"{human_bytes(data.stat().st_size)})")
-    return CachedImages(data, spec, len(paths), sha1)
-
-
-def read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    size = len(paths) * spec.height_px * spec.width_px * spec.in_chans
+    shape = f"{len(paths)} images {spec.height_px}x{spec.width_px}x{spec.in_chans}"
+    meta = _complete(meta_path, data, key, size)  # a finished cache needs no lock (it may be read-only)
+    if meta is None:
+        with cache_lock(cache_dir / f"{key}.lock", cache_dir):
+            meta = _complete(meta_path, data, key, size)  # built by another process while this one waited
+            if meta is None:
+                meta_path.unlink(missing_ok=True)  # a stale or partial cache is rebuilt, never trusted
+                build(paths, spec, interp, data, quiet)
+                meta = {"format": CACHE_FORMAT, "key": key, "n": len(paths), "spec": asdict(spec),
+                        "interp": interp, "opencv": cv2.__version__, "sha1": file_sha1(data)}
+                write_text(meta_path, json.dumps(meta, indent=1))
+                print(f"image cache: built {data} ({shape}, {human_bytes(size)})")
+                return CachedImages(data, spec, len(paths), meta["sha1"])
+    print(f"image cache: reused {data} ({shape}, {human_bytes(size)})")
+    return CachedImages(data, spec, len(paths), meta["sha1"])
 
 
 def build(paths: list[Path], spec: ImageSpec, interp: str, target: Path, quiet: bool) -> None:
-    """Decode, resize and write every row into a temporary file, then rename it into place."""
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    """Decode, resize and write every row into a temporary file, then rename it into place. Called under the
+    entry's lock, so a leftover temporary file of it (a killed build) is garbage: removed first."""
+    for stale in target.parent.glob(f"{target.name}.tmp*"):
+        stale.unlink(missing_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # unique on shared disks
     try:
         with open(tmp, "wb") as handle:
             handle.truncate(len(paths) * spec.height_px * spec.width_px * spec.in_chans)
-        chunks = [(paths[i:i + CHUNK], i, asdict(spec), interp, str(tmp)) for i in range(0, len(paths), CHUNK)]
+        chunks = [(paths[i:i + IMAGES_PER_TASK], i, asdict(spec), interp, str(tmp))
+                  for i in range(0, len(paths), IMAGES_PER_TASK)]
         _run(_write_chunk, chunks, "decode", quiet)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except OSError as err:
         raise UserError(f"{target}: could not write the image cache ({err.strerror or err}); free disk space or "
-                        f"set --cache-dir") from None
+                        f"pick another folder (train.py --cache-dir)") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -37,14 +37,19 @@ class Rows:
 
 
 def row_numbers(index, n: int) -> np.ndarray:
-    """Row numbers (int64) of a slice, a boolean mask or a sequence of ints, negatives counted from the end."""
+    """Row numbers (int64) of a slice, a boolean mask or a sequence of ints, negatives counted from the end;
+    IndexError for a row outside the stack."""
     if isinstance(index, slice):
         return np.arange(n)[index]
     rows = np.asarray(index)
     if rows.dtype == bool:
         return np.flatnonzero(rows)
     rows = rows.astype(np.int64).reshape(-1)
-    return np.where(rows < 0, rows + n, rows)
+    rows = np.where(rows < 0, rows + n, rows)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        bad = int(rows[(rows < 0) | (rows >= n)][0])
+        raise IndexError(f"row {bad} is out of range for {n} images")
+    return rows
 
 
 class RowView(Rows):

@@ -18,7 +18,7 @@ from src.core.config import config_differences, config_from_dict
 from src.core.errors import UserError
 from src.core.metrics import eer_point
 from src.core.rundir import fold_finished, load_checkpoint, read_oof
-from src.data.cache import cached_images
+from src.data.cache import cached_images, default_cache_dir
 from src.data.folds import locate_fold_file
 from src.data.images import ImageSpec, decode_all, to_array
 from src.data.rows import Rows
@@ -174,7 +174,13 @@ class Predictor:
     def cached(self, paths: list[Path], quiet: bool = True) -> Rows:
         """Image files at this experiment's cache shape through the disk cache: decoded once, for this run and
         every later one (the training images are usually cached already)."""
-        return cached_images(paths, train_cache_dir(self.cfg), self.cfg.resize_interp, quiet, spec=self.spec)
+        folder = train_cache_dir(self.cfg)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # trained with a --cache-dir this machine lacks (a node-local scratch folder)
+            folder = default_cache_dir(self.cfg.data_dir)
+            print(f"image cache: {self.cfg.cache_dir} (recorded at training) is not usable here; using {folder}")
+        return cached_images(paths, folder, self.cfg.resize_interp, quiet, spec=self.spec)
 
     def predict_views(self, images: np.ndarray, views: list[str], folds: list[FoldModel] | None = None,
                       quiet: bool = True) -> np.ndarray:

@@ -171,7 +171,8 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
         if cfg.pseudo:
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
-              "packages": package_versions(), "world_size": rt.dist.world_size}
+              "packages": package_versions(), "world_size": rt.dist.world_size,
+              **({"pretrained_weights": hub.repo_id} if hub else {})}
     results = []
     for k in folds:
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats)  # builds and tries the model

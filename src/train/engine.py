@@ -146,7 +146,9 @@ def to_input(images: torch.Tensor, norm: InputNorm, rt: Runtime, augment=None) -
     if augment is not None:
         x = augment(x)
     if norm.size_px and tuple(x.shape[-2:]) != (norm.size_px, norm.size_px):
-        x = F.interpolate(x, size=(norm.size_px, norm.size_px), mode="bilinear", align_corners=False)
+        shrink = norm.size_px < min(x.shape[-2:])  # antialiasing matters only when shrinking
+        x = F.interpolate(x, size=(norm.size_px, norm.size_px), mode="bilinear", align_corners=False,
+                          antialias=shrink)
     x = x.div_(255).sub_(norm.mean).div_(norm.std)
     return x.contiguous(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
 

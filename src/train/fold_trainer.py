@@ -138,14 +138,14 @@ class FoldTrainer:
         """One forward pass on two validation images, so a model that cannot take this input size fails
         now, with a message, instead of after the run directory exists."""
         x = to_input(torch.from_numpy(self.data.val_images[:2]), self.norm, self.rt)
-        spec = self.info.spec
+        fed = "x".join(map(str, (*x.shape[2:], x.shape[1])))
+        flag = "--input-size-px" if self.info.input_size_px else "--image-size-px"
         try:
             with torch.no_grad():
                 out = self.model.eval()(x)
         except (RuntimeError, AssertionError, ValueError) as err:
-            raise UserError(f"model {self.cfg.model} cannot take {spec.height_px}x{spec.width_px}x{spec.in_chans} "
-                            f"input ({str(err).splitlines()[0][:100]}); set --image-size-px to the size it "
-                            f"expects or pick another model") from None
+            raise UserError(f"model {self.cfg.model} cannot take {fed} input ({str(err).splitlines()[0][:100]}); "
+                            f"set {flag} to the size it expects or pick another model") from None
         if tuple(out.shape) != (len(x), len(self.info.classes)):
             raise UserError(f"model {self.cfg.model} returns shape {tuple(out.shape)}, not (batch, classes)")
 

@@ -9,9 +9,13 @@ input, as load_pretrained does for local files.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from src.core.errors import UserError
 
@@ -45,7 +49,10 @@ class HubWeights:
 
 
 def _hub_api():
-    import huggingface_hub  # comes with timm; imported here so that a config check (train.py --help) stays light
+    # huggingface_hub comes with timm; imported here so that a config check (train.py --help) stays light.
+    import huggingface_hub
+    import huggingface_hub.constants
+    import huggingface_hub.errors  # the submodules: the lazy package does not load them by itself
     return huggingface_hub
 
 
@@ -72,22 +79,40 @@ def fetch(repo_id: str, filename: str, model_name: str) -> str | None:
         raise UserError(missing_weights(repo_id, model_name)) from None
     except hub.errors.EntryNotFoundError:
         return None
-    except (hub.errors.HfHubHTTPError, OSError, ValueError):
-        raise UserError(missing_weights(repo_id, model_name)) from None
+    except (hub.errors.RepositoryNotFoundError, hub.errors.GatedRepoError):
+        raise UserError(f"--pretrained: the hub has no repo {repo_id!r} you may read (a typo, a private or a "
+                        f"gated model: accept its terms and set HF_TOKEN)") from None
+    except Exception as err:  # a connection dropped mid-download and the like: one line, never a traceback
+        raise UserError(f"{missing_weights(repo_id, model_name)} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:100] if str(err) else ''})") from None
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the hub's host answers at all: without a network, huggingface_hub retries with back-off for
-    about a minute before giving up, so ask once, briefly, first."""
-    import socket
-    from urllib.parse import urlparse
-    url = urlparse(_hub_api().constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout_s).close()
+    about a minute before giving up, so ask once, briefly, first (name lookup included). Behind a proxy the
+    raw socket would not be the path huggingface_hub takes, so the download decides."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
         return True
-    except OSError:
-        return False
+    url = urlparse(_hub_api().constants.ENDPOINT)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    answered, done = [], threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+            answered.append(True)
+        except OSError:  # refused or unresolvable
+            pass
+        finally:
+            done.set()
+
+    # A daemon thread: getaddrinfo has no timeout of its own, and a stuck lookup must not hold the process.
+    threading.Thread(target=probe, daemon=True).start()
+    done.wait(timeout_s + 0.5)
+    return bool(answered)
 
 
 def resolve_hub(model: str, pretrained: str) -> HubWeights:

@@ -2,15 +2,18 @@
 when a file changed or a build was cut short, one builder among concurrent processes, and row stacks that
 read only what is asked for."""
 import multiprocessing
+import os
 import pickle
+import time
 
 import cv2
 import numpy as np
 import pytest
+from filelock import FileLock
 
 import src.data.cache as cache
 from src.core.errors import UserError
-from src.data.images import decode_all, infer_spec, to_array
+from src.data.images import decode_all, infer_spec, spec_from_facts, to_array
 from src.data.rows import ConcatRows, RowView
 
 from helpers import make_competition
@@ -61,9 +64,9 @@ def test_an_interrupted_or_changed_cache_is_rebuilt_never_trusted(images, capsys
 def test_parallel_decoding_writes_the_same_bytes_and_a_worker_error_is_one_line(images, monkeypatch, capsys):
     paths, folder = images
     serial = cache.cached_images(paths, folder / "serial", "cubic", quiet=True, image_size_px=16)
-    monkeypatch.setattr(cache, "workers", lambda: 2)
-    monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(cache, "CHUNK", 4)
+    monkeypatch.setattr(cache, "worker_count", lambda: 2)
+    monkeypatch.setattr(cache, "PARALLEL_FROM_IMAGES", 1)
+    monkeypatch.setattr(cache, "IMAGES_PER_TASK", 4)
     parallel = cache.cached_images(paths, folder / "parallel", "cubic", quiet=True, image_size_px=16)
     assert parallel.sha1 == serial.sha1
     paths[5].write_bytes(b"\x89PNG broken")
@@ -72,22 +75,33 @@ def test_parallel_decoding_writes_the_same_bytes_and_a_worker_error_is_one_line(
     assert not list((folder / "broken").glob("*.u8*"))  # nothing half-written
 
 
-def _build(args):
-    paths, folder = args
+def _build_to_file(paths, folder, out):
     import contextlib
-    import io
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with open(out, "w") as handle, contextlib.redirect_stdout(handle):
         cache.cached_images(paths, folder, "cubic", quiet=True)
-    return out.getvalue()
 
 
 @pytest.mark.slow
-def test_concurrent_processes_build_once_and_reuse(images):
+def test_a_second_process_waits_for_the_builder_then_reuses(images, capsys):
     paths, folder = images
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        lines = pool.map(_build, [(paths, folder)] * 2)
-    assert sorted(line.split()[2] for line in lines) == ["built", "reused"]
+    spec = spec_from_facts(cache.scan_images(paths, folder, quiet=True), 0)
+    key = cache.cache_key(cache.files_key(paths), spec, "cubic")
+    lock = FileLock(str(folder / f"{key}.lock"))
+    lock.acquire()  # as if another process were building this entry
+    out = folder / "child.txt"
+    child = multiprocessing.get_context("spawn").Process(target=_build_to_file, args=(paths, folder, out))
+    child.start()
+    try:
+        deadline = time.time() + 60
+        while "waiting" not in (out.read_text() if out.is_file() else "") and time.time() < deadline:
+            time.sleep(0.1)
+        assert child.is_alive() and not (folder / f"{key}.u8").exists()  # blocked: nothing written meanwhile
+    finally:
+        lock.release()
+    child.join(60)
+    assert child.exitcode == 0 and "image cache: built" in out.read_text()
+    cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert "image cache: reused" in capsys.readouterr().out
 
 
 def test_row_stacks_index_like_arrays_and_pickle_without_a_file_handle(images):
@@ -116,3 +130,51 @@ def test_the_default_cache_sits_beside_the_data_unless_that_folder_is_read_only(
         assert cache.default_cache_dir(read_only / "comp") == cache.Path.home() / ".cache" / "imgkit"
     finally:
         read_only.chmod(0o755)
+
+
+def test_a_same_size_change_with_the_old_modification_time_is_still_seen(images, capsys):
+    paths, folder = images
+    before = cache.cached_images(paths, folder, "cubic", quiet=True)
+    stat = paths[2].stat()
+    image = cv2.imread(str(paths[2]), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(paths[2]), 255 - image)
+    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old mtime copied back, as rsync -a does
+    after = cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert after.path != before.path and np.array_equal(after[2], 255 - before[2])
+
+
+def test_a_complete_cache_is_read_without_its_lock_and_a_bad_folder_is_one_line(images, monkeypatch, tmp_path):
+    paths, folder = images
+    cache.cached_images(paths, folder, "cubic", quiet=True)
+
+    def no_lock(*args):
+        raise AssertionError("a complete cache (e.g. on a read-only mount) must not need its lock")
+    monkeypatch.setattr(cache, "cache_lock", no_lock)
+    assert len(cache.cached_images(paths, folder, "cubic", quiet=True)) == len(paths)
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="cannot write the image cache there"):
+        cache.cached_images(paths, tmp_path / "a_file" / "cache", "cubic", quiet=True)
+
+
+def test_rows_outside_the_stack_are_an_index_error(images):
+    paths, folder = images
+    built = cache.cached_images(paths, folder, "cubic", quiet=True)
+    for bad in ([len(paths)], [-len(paths) - 1]):
+        with pytest.raises(IndexError, match="out of range"):
+            built[bad]
+
+
+def test_photos_of_mixed_sizes_and_names_cache_at_the_median_side_in_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for i, (h, w) in enumerate([(40, 60), (80, 50), (30, 30), (64, 96), (50, 70)]):
+        path = folder / (f"ant photo {i}.jpg" if i == 1 else f"img{i}.jpg")  # a space, as in real data sets
+        cv2.imwrite(str(path), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        paths.append(path)
+    built = cache.cached_images(paths, tmp_path / "cache", "cubic", quiet=True)
+    assert built.shape == (5, 70, 70, 3)  # the median of the longer sides, square; RGB
+    decoded = cv2.cvtColor(cv2.imread(str(paths[3])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(built[3], cv2.resize(decoded, (70, 70), interpolation=cv2.INTER_CUBIC))

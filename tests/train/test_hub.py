@@ -1,11 +1,13 @@
 """Hub weights through timm's own loader, offline: a local Hugging Face cache layout of timm's tiny
 test_resnet.r160_in1k (random weights of the right shape) read with HF_HUB_OFFLINE=1, as on Kaggle."""
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from src.data.folds import make_fold_file
+from src.train.hub import PROXY_VARIABLES
 
 from helpers import make_competition, run_subprocess
 
@@ -65,11 +67,14 @@ def test_an_hf_hub_model_trains_and_predicts_offline(comp):
     hf_home = root / "hf2"
     write_hf_cache(hf_home)
     proc = train_hub(root, data, hf_home, "hub", "--pretrained", f"hf-hub:{REPO_ID}", "--image-size-px", "32",
-                     "--input-size-px", "64", "--fold", "all")
+                     "--input-size-px", "64", "--normalize", "data", "--fold", "all")
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = torch.load(root / "runs" / "hub" / "fold0" / "best.pt", weights_only=True)
     assert best["config"]["model"] == f"hf-hub:{REPO_ID}" and best["image_spec"]["height_px"] == 32
     assert best["input_size_px"] == 64  # a 32 px cache fed to the model at 64 px, upscaled on the device
+    assert best["mean"] != [0.5]  # --normalize data: the training images' own statistics
+    record = json.loads((root / "runs" / "hub" / "fold0" / "config.json").read_text())
+    assert record["pretrained_weights"] == REPO_ID
     # The hub architecture is rebuilt from the cached config.json when the experiment predicts (no test/ here:
     # infer.py writes the OOF report).
     proc = run_subprocess("infer.py", "--exp", "hub", "--runs-dir", str(root / "runs"), "--out-dir",
@@ -89,3 +94,10 @@ def test_missing_hub_weights_fail_in_one_line_before_anything_is_written(comp, t
     assert not (tmp_path / "runs").exists()
     proc = train_hub(tmp_path, data, tmp_path / "empty_hf", "x", "--model", "smallcnn", "--pretrained", "timm")
     assert proc.returncode == 2 and "timm has no hub weights for 'smallcnn'" in proc.stderr
+    # Not offline, but the hub does not answer (here: a closed local port): the same line, in seconds.
+    proc = run_subprocess("train.py", "--data-dir", str(data), "--folds-csv", str(data / "folds.csv"), "--runs-dir",
+                          str(tmp_path / "runs"), "--model", MODEL, "--pretrained", "timm", "--quiet",
+                          env={"HF_HOME": str(tmp_path / "empty_hf"), "HF_HUB_OFFLINE": "0",
+                               "HF_ENDPOINT": "http://127.0.0.1:9", **{v: "" for v in PROXY_VARIABLES}})
+    assert proc.returncode == 2 and "could not be downloaded" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
