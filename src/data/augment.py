@@ -1,8 +1,9 @@
 """Training augmentation pipelines by name; validation/test data is never augmented.
 
 `none` and `light` (plus optional flips) run as one batched tensor op on the device (`BatchAffine`):
-per-image albumentations took 16 % of a `light` epoch on 2 CPU cores. `heavy` uses albumentations
-per image in the loader (blur, noise and cutout have no cheap batched form here).
+per-image albumentations took 16 % of a `light` epoch on 2 CPU cores. `heavy` and `photo` use
+albumentations per image in the loader (blur, noise, cutout and the TrivialAugment ops have no cheap
+batched form here).
 """
 from __future__ import annotations
 
@@ -71,12 +72,44 @@ def build_batch_augment(name: str, flips: str = "none") -> BatchAffine | None:
     return None
 
 
-def build_transforms(name: str, flips: str = "none") -> A.Compose | None:
-    """The per-image albumentations pipeline run in the loader: only `heavy` has one."""
+def trivial_augment_ops(border: dict) -> list:
+    """TrivialAugment (Müller & Hutter 2021): one op per image, drawn uniformly, at a uniform random strength.
+    The ops of torchvision's TrivialAugmentWide, with ranges narrowed where the wide ones wreck small images
+    (translation 15 % instead of 32 px; brightness/contrast ±40 %)."""
+    return [A.NoOp(),
+            A.Affine(shear={"x": (-20, 20), "y": (0, 0)}, p=1.0, **border),
+            A.Affine(shear={"x": (0, 0), "y": (-20, 20)}, p=1.0, **border),
+            A.Affine(translate_percent={"x": (-0.15, 0.15), "y": (0, 0)}, p=1.0, **border),
+            A.Affine(translate_percent={"x": (0, 0), "y": (-0.15, 0.15)}, p=1.0, **border),
+            A.Affine(rotate=(-30, 30), p=1.0, **border),
+            A.RandomBrightnessContrast(brightness_limit=0.4, contrast_limit=0, p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=0.4, p=1.0),
+            A.ColorJitter(brightness=0, contrast=0, saturation=0.5, hue=0, p=1.0),
+            A.Sharpen(alpha=(0.1, 0.5), p=1.0),
+            A.Posterize(num_bits=(4, 8), p=1.0),
+            A.Solarize(threshold_range=(0.5, 1.0), p=1.0),
+            A.AutoContrast(p=1.0),
+            A.Equalize(p=1.0)]
+
+
+def build_transforms(name: str, flips: str = "none", size_hw: tuple[int, int] | None = None) -> A.Compose | None:
+    """The per-image albumentations pipeline run in the loader: `heavy` and `photo` have one. `photo` crops
+    back to `size_hw`, the cached images' size."""
     if name in ("none", "light"):
         return None
     flip_ops = [] if flips == "none" else _flip_ops(flips)
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}
+    if name == "photo":
+        if size_hw is None:
+            raise ValueError("the photo pipeline needs the images' size")
+        if "h" not in flips:  # photos of most things mirror freely; the preset always flips left-right
+            flip_ops.append(A.HorizontalFlip(p=0.5))
+        ops = [A.RandomResizedCrop(size=size_hw, scale=(0.25, 1.0), p=1.0), *flip_ops,
+               A.OneOf(trivial_augment_ops(border), p=1.0),
+               # Random erasing (Zhong et al. 2020): one box of noise on a quarter of the images.
+               A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.4), hole_width_range=(0.1, 0.4),
+                               fill="random", p=0.25)]
+        return A.Compose(ops)
     if name == "heavy":
         ops = [A.Affine(translate_percent=(-0.12, 0.12), scale=(0.85, 1.15), rotate=(-15, 15), shear=(-10, 10),
                         p=1.0, **border),

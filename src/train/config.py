@@ -9,7 +9,7 @@ from src.core.errors import UserError
 from src.train.hub import is_hub
 
 CHOICES = {
-    "augment": ("none", "light", "heavy"),
+    "augment": ("none", "light", "heavy", "photo"),
     "flips": ("none", "h", "v", "hv"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
     "normalize": ("auto", "data", "pretrained"),
@@ -29,7 +29,8 @@ RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF,
           "momentum": (0, 1, "[)"),
           "lr_warmup_epochs": (0, INF, "[)"), "lr_min_ratio": (0, 1, "[]"), "lr_step_epochs": (1, INF, "[)"),
           "lr_step_gamma": (0, 1, "()"), "plateau_patience_epochs": (0, INF, "[)"), "plateau_factor": (0, 1, "()"),
-          "drop_rate": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
+          "drop_rate": (0, 1, "[)"), "drop_path_rate": (0, 1, "[)"), "mixup_alpha": (0, INF, "[)"),
+          "cutmix_alpha": (0, INF, "[)"), "mixup_off_epoch": (0, INF, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
           "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
           "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
           "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)")}
@@ -66,7 +67,16 @@ HELP = {
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.99) and validate/save it; 0 = off",
     "augment": "training augmentation: light = random shift ±10 %, scale 0.9–1.1 per axis, rotation ±10° "
                "(batched, on the device); heavy = stronger affine with shear, plus blur/noise and cutout "
-               "(albumentations)",
+               "(albumentations); photo = random-resized crop (25-100 % of the area), horizontal flip, one "
+               "TrivialAugment op per image and random erasing (albumentations, for photos)",
+    "drop_path_rate": "stochastic depth: chance of dropping a residual branch (deepest block; timm models that "
+                      "support it and smallresnet*); 0 = off",
+    "mixup_alpha": "mixup: blend pairs of training images and their labels with a Beta(alpha, alpha) weight "
+                   "(timm's Mixup; 0.2-0.4 typical); 0 = off",
+    "cutmix_alpha": "cutmix: paste a Beta(alpha, alpha)-sized box of another image, labels mixed by area (1.0 "
+                    "typical); with mixup too, each batch uses one of the two; 0 = off",
+    "mixup_off_epoch": "epoch (0-based) from which mixup/cutmix stop, so the last epochs train on clean images; "
+                       "0 = never stop",
     "flips": "random flips added to the pipeline (off by default: they break digits and text)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per optimiser step (under torchrun: over all processes, split evenly)",
@@ -145,9 +155,13 @@ class TrainConfig(DataFields):
     normalize: str = "auto"
     resize_interp: str = "cubic"
     drop_rate: float = 0.1
+    drop_path_rate: float = 0.0
     ema_decay: float = 0.99
     augment: str = "light"
     flips: str = "none"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_off_epoch: int = 0
     epochs: int = 15
     batch_size: int = 64
     optimizer: str = "adamw"
@@ -210,6 +224,14 @@ class TrainConfig(DataFields):
             raise UserError("config: freeze_epochs needs pretrained (freezing a random backbone teaches nothing)")
         if self.freeze_epochs >= self.epochs:
             raise UserError(f"config: freeze_epochs ({self.freeze_epochs}) must be < epochs ({self.epochs})")
+        if (self.mixup_alpha or self.cutmix_alpha) and "focal" in (self.loss, self.loss2):
+            raise UserError("config: mixup/cutmix train on mixed (soft) labels; focal loss takes class indices "
+                            "only, so use loss ce or label_smoothing")
+        if (self.mixup_alpha or self.cutmix_alpha) and self.pseudo_soft:
+            raise UserError("config: mixup/cutmix mix class indices; pseudo_soft targets are already distributions, "
+                            "so use one or the other")
+        if self.mixup_off_epoch and not (self.mixup_alpha or self.cutmix_alpha):
+            raise UserError("config: mixup_off_epoch is set but mixup_alpha and cutmix_alpha are 0")
         if self.synthetic_only and not self.synthetic:
             raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):

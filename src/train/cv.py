@@ -129,9 +129,10 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
 
 
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
-                quiet: bool = False, fold_source: str = "--fold") -> list[dict]:
+                quiet: bool = False, fold_source: str = "--fold", on_epoch=None) -> list[dict]:
     """Train each requested fold; returns one metrics dict per fold and prints the OOF summary. Under
-    torchrun every process runs this; rank 0 alone prints and writes files."""
+    torchrun every process runs this; rank 0 alone prints and writes files. `on_epoch(fold, row)` is called
+    after every epoch (FoldTrainer.fit)."""
     signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     table, fold_of, folds_path = load_labelled(cfg)
     hub = resolve_hub(cfg.model, cfg.pretrained) if is_hub(cfg.pretrained) else None
@@ -144,7 +145,7 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     rt = setup_runtime(cfg, distributed=True)
     try:
         if rt.dist.is_main:
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source, hub)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source, hub, on_epoch)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source, hub)
     finally:
@@ -152,7 +153,8 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
 
 
 def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
-                 actions: dict, rt, quiet: bool, fold_source: str, hub: HubWeights | None) -> list[dict]:
+                 actions: dict, rt, quiet: bool, fold_source: str, hub: HubWeights | None,
+                 on_epoch=None) -> list[dict]:
     n_folds = int(fold_of.max()) + 1
     processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
     if fold_source not in ("--fold", "default"):
@@ -184,7 +186,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             # Which rows trained this fold, so anyone can check that no validation id is among them.
             write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
         barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
-        trainer.fit(quiet)
+        trainer.fit(quiet, on_epoch)
         results.append(trainer.write_oof())
     if rt.dist.is_main:
         report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, config_to_dict(cfg), info["fingerprint"])

@@ -161,9 +161,10 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime, size_px: int 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
-                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False) -> dict:
+                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False, mix=None) -> dict:
     """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
-    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline.
+    and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline,
+    `mix` (mixup/cutmix: `mix_batch`) turns the normalised batch and its labels into mixed images and soft targets.
     With `freeze_backbone` only the classifier head learns: the backbone's gradients are dropped before
     each step (so the optimiser skips it, moments included) and its BatchNorm statistics are kept."""
     model.train()
@@ -179,6 +180,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
         x = to_input(images, norm, rt, augment)
         y = labels.to(rt.device, non_blocking=True)
+        if mix is not None:
+            x, y = mix(x, y)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             loss = loss_fn(model(x), y)
         optimizer_step(loss, optimizer, scaler, frozen)
@@ -191,6 +194,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     seconds = time.perf_counter() - start
     return {"train_loss": train_loss, "train_seconds": seconds,
             "images_per_s": seen / max(seconds, 1e-9), "steps": step - first_step}
+
+
+def mix_batch(mixup, num_classes: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup (mixup or cutmix, drawn per batch; it pairs each image with the batch reversed) on a batch
+    and its class indices -> mixed images and soft targets. timm needs an even batch: an odd one-off last
+    image stays unmixed, with a one-hot target."""
+    even = len(x) - len(x) % 2
+    if even == 0:
+        return x, F.one_hot(y, num_classes).float()
+    mixed, targets = mixup(x[:even], y[:even])
+    if even == len(x):
+        return mixed, targets
+    return torch.cat([mixed, x[even:]]), torch.cat([targets, F.one_hot(y[even:], num_classes).to(targets.dtype)])
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

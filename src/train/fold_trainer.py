@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from src.core.config import config_differences, config_to_dict
@@ -39,6 +40,7 @@ from src.train.engine import (
     Runtime,
     build_optimizer,
     check_runtime_kind,
+    mix_batch,
     norm_tensors,
     predict_probs,
     runtime_kind,
@@ -123,7 +125,13 @@ class FoldTrainer:
             weight = balanced_class_weights(data.train_labels, num_classes).to(rt.device)
         self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
         targets = data.train_labels if data.train_targets is None else data.train_targets
-        self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips))
+        size_hw = (info.spec.height_px, info.spec.width_px)
+        self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips, size_hw))
+        self.mixup = None
+        if cfg.mixup_alpha or cfg.cutmix_alpha:
+            # Smoothing stays with the loss (label_smoothing), which takes the soft targets as they are.
+            self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=0.0,
+                               num_classes=num_classes)
         self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
         self.norm = norm_tensors(info.mean, info.std, rt, info.input_size_px)
         self.check_forward()
@@ -226,10 +234,13 @@ class FoldTrainer:
             seed = derived_seed(seed, self.dist.rank) if self.dist.enabled else seed
             generator = torch.Generator(device=rt.device).manual_seed(seed)
             augment = functools.partial(self.batch_augment, generator=generator)
+        mix = None
+        if self.mixup is not None and not (cfg.mixup_off_epoch and self.epoch >= cfg.mixup_off_epoch):
+            mix = functools.partial(mix_batch, self.mixup, len(self.info.classes))
         start = time.perf_counter()
         stats = train_one_epoch(self.train_model, loader, self.optimizer, loss_fn, self.lr_factor, self.step,
                                 self.scaler, self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema,
-                                augment, freeze_backbone=self.epoch < cfg.freeze_epochs)
+                                augment, freeze_backbone=self.epoch < cfg.freeze_epochs, mix=mix)
         if self.dist.enabled:  # every rank's mean loss over its equal share of each batch
             stats["train_loss"] = float(np.mean(gather_objects(stats["train_loss"], self.dist)))
             stats["images_per_s"] *= self.dist.world_size
@@ -271,8 +282,10 @@ class FoldTrainer:
         x = self.batch_augment(images.to(self.rt.device).permute(0, 3, 1, 2).float(), generator=generator)
         return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
-    def fit(self, quiet: bool) -> None:
-        """Train until the last epoch or early stop; checkpoints after every epoch."""
+    def fit(self, quiet: bool, on_epoch=None) -> None:
+        """Train until the last epoch or early stop; checkpoints after every epoch. `on_epoch(fold, row)` runs on
+        the main process after each epoch's checkpoint (tune.py's pruner: an exception it raises ends the run
+        there, with last.pt and log.csv intact)."""
         board = EpochBoard(self.run_dir, self.cfg.tensorboard and self.dist.is_main)
         if self.epoch == 0:
             board.image_grid("train/sample_batch", self.sample_batch(), 0)
@@ -293,6 +306,8 @@ class FoldTrainer:
                     print(self.epoch_line(row, improved), flush=True)
                     self.write_progress(final=False)
                     board.scalars(row, row["epoch"])
+                    if on_epoch is not None:
+                        on_epoch(self.fold, row)
             if self.stopper.best is None:  # the monitor was NaN in every epoch, so no epoch could be chosen
                 self.save_best(float("nan"))
                 if self.dist.is_main:

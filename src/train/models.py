@@ -6,6 +6,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers import DropPath
 from timm.models import adapt_input_conv, register_model
 from torch import nn
 
@@ -63,16 +64,78 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
-def _small_cnn(kwargs: dict, **arch) -> SmallCNN:
-    # timm passes hub-related arguments to every entry point; ours has no hub weights.
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
-    return SmallCNN(**arch, **kwargs)
-
-
 @register_model
 def smallcnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     """0.28 M parameters: 1, 2 and 2 convs at full, 1/2 and 1/4 resolution; the demo default."""
+    if kwargs.get("drop_path_rate"):
+        raise TypeError("smallcnn has no residual branches to drop (smallresnet has)")
     return _small_cnn(kwargs, widths=(32, 64, 128), depths=(1, 2, 2))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 strided) shortcut; the residual branch is dropped
+    per sample with probability `drop_path` while training (stochastic depth)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, drop_path: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        nn.init.zeros_(self.bn2.weight)  # each block starts as the identity: deep stacks train from step one
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        return self.act(self.shortcut(x) + self.drop_path(out))
+
+
+class SmallResNet(SmallCNN):
+    """ResNet for small images (24-64 px): a 3x3 stem at full resolution (no 4x downsampling stem), then
+    stages of BasicBlocks, each stage after the first halving the resolution; global pool, dropout, linear.
+    `widths` and `depths` (blocks per stage) set the size; drop path grows linearly to `drop_path_rate`."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128),
+                 depths: tuple[int, ...] = (1, 1, 1), drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 **_unused):
+        super().__init__(num_classes, in_chans, widths=(widths[0],), depths=(1,), drop_rate=drop_rate)
+        total, done = sum(depths), 0
+        layers, c_in = [conv_bn(in_chans, widths[0])], widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            for j in range(depth):
+                rate = drop_path_rate * done / max(total - 1, 1)
+                layers.append(BasicBlock(c_in, width, 2 if i and not j else 1, rate))
+                c_in, done = width, done + 1
+        self.features = nn.Sequential(*layers)
+        self.num_features = c_in
+        self.reset_classifier(num_classes)
+
+
+def _small_cnn(kwargs: dict, cls: type = SmallCNN, **arch) -> SmallCNN:
+    # timm passes hub-related arguments to every entry point; ours have no hub weights.
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+    return cls(**{**arch, **kwargs})  # explicit widths/depths (timm.create_model kwargs) win over the variant's
+
+
+@register_model
+def smallresnet(pretrained: bool = False, **kwargs) -> SmallResNet:
+    """0.3 M parameters: stem + 1 block per stage at 32, 64, 128 channels (full, 1/2, 1/4 resolution)."""
+    return _small_cnn(kwargs, SmallResNet, widths=(32, 64, 128), depths=(1, 1, 1))
+
+
+@register_model
+def smallresnet_m(pretrained: bool = False, **kwargs) -> SmallResNet:
+    """0.7 M parameters: 2 blocks per stage at 32, 64, 128 channels."""
+    return _small_cnn(kwargs, SmallResNet, widths=(32, 64, 128), depths=(2, 2, 2))
+
+
+@register_model
+def smallresnet_l(pretrained: bool = False, **kwargs) -> SmallResNet:
+    """2.8 M parameters: 2 blocks per stage at 64, 128, 256 channels."""
+    return _small_cnn(kwargs, SmallResNet, widths=(64, 128, 256), depths=(2, 2, 2))
 
 
 def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
@@ -86,8 +149,14 @@ def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
     elif not timm.is_model(name):
         hint = timm.list_models(f"*{name}*")[:5]
         raise UserError(f"model {name!r} is not a timm model name" + (f" (close: {hint})" if hint else ""))
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                              drop_rate=cfg.drop_rate)
+    extra = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                  drop_rate=cfg.drop_rate, **extra)
+    except TypeError as err:  # timm passes drop_path_rate on to constructors that may not take it
+        if not extra:
+            raise
+        raise UserError(f"model {name} does not support drop_path_rate ({str(err)[:80]}); set it to 0") from None
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained, in_chans)
     return model
