@@ -47,7 +47,8 @@ HELP = {
     "runs_dir": "where run directories are created",
     "cache_dir": "decoded-image cache folder, shared by every fold, process and script on this data; empty = "
                  "<data folder's parent>/.image_cache (or ~/.cache/imgkit when that is read-only)",
-    "model": "timm model name, or smallcnn (ours, for 24-32 px images)",
+    "model": "timm model name, or ours for 24-64 px images: smallcnn (VGG-style), smallresnet, smallresnet_m, "
+             "smallresnet_l (residual, 0.3/0.7/2.8 M parameters)",
     "pretrained": "'timm' = timm's default pretrained weights for --model (e.g. resnet18.a1_in1k), 'hf-hub:org/name' "
                   "= a Hugging Face hub model (its own architecture), both through timm's loader and the HF cache "
                   "(HF_HOME, HF_HUB_OFFLINE); or a local weight file (.pt/.pth/.safetensors, pretrain.py's "
