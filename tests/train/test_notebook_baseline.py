@@ -3,7 +3,7 @@ per fold, the pooled OOF, and an OOF file with one row per validation image (num
 import pandas as pd
 import pytest
 
-from helpers import make_competition, run_script
+from helpers import make_competition, run_script, run_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +52,17 @@ def test_missing_data_dir_is_a_one_line_error(tmp_path):
 def test_help_exits_cleanly():
     proc = run_script("bench/notebook_baseline.py", "--help")
     assert proc.returncode == 0 and "--no-flip" in proc.stdout
+
+
+def test_kit_vs_notebook_bench_runs_both_arms_on_the_same_folds(tmp_path):
+    data = make_competition(tmp_path / "comp", classes=("a", "b"), per_class=12, size_px=16)
+    assert run_script("make_folds.py", "--data-dir", str(data), "--out", str(tmp_path / "f.csv"),
+                      "--quiet").returncode == 0
+    out = tmp_path / "cmp.md"
+    proc = run_subprocess("bench/kit_vs_notebook.py", "--data-dir", str(data), "--folds-csv", str(tmp_path / "f.csv"),
+                          "--kit-args=--batch-size 8 --model smallcnn", "--cache-dir", str(tmp_path / "cache"),
+                          "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(out.with_suffix(".csv"))
+    assert list(runs["arm"]) == ["notebook", "kit"] and runs["accuracy"].between(0, 1).all()
+    assert "x** the notebook's wall time" in out.read_text()
