@@ -24,7 +24,9 @@ README_MAX_LINES = 250
 # Every top-level .py file is a script (entry points live there and nowhere else), so a new one is checked
 # without anyone remembering to add it here.
 SCRIPTS = sorted(path.name for path in REPO.glob("*.py"))
-CONFIG_OF_SCRIPT = {"train.py": TrainConfig, "gen_synthetic.py": GenConfig, "pretrain.py": PretrainConfig}
+# tune.py takes every TrainConfig key as a flag too (its base config): those are documented in train.py's key table.
+CONFIG_OF_SCRIPT = {"train.py": TrainConfig, "gen_synthetic.py": GenConfig, "pretrain.py": PretrainConfig,
+                    "tune.py": TrainConfig}
 HEADING = re.compile(r"(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"\s*(```|~~~)")
 

@@ -8,13 +8,13 @@ from helpers import REPO
 
 # core <- data <- train <- infer <- the rest; packages on the same level never import each other.
 LEVELS = {"core": 0, "data": 1, "train": 2, "infer": 3,
-          "synthetic": 4, "pretrain": 4, "pseudo": 4, "labels": 4, "compare": 4}
+          "synthetic": 4, "pretrain": 4, "pseudo": 4, "labels": 4, "compare": 4, "tune": 4}
 # Each script's own package: where its logic lives.
 SCRIPT_PACKAGES = {
     "train.py": "train", "infer.py": "infer", "score.py": "infer", "gen_synthetic.py": "synthetic",
     "pretrain.py": "pretrain", "pseudo_label.py": "pseudo", "make_folds.py": "data", "prepare_demo.py": "data",
     "eda.py": "data", "label_errors.py": "labels", "auto_label.py": "labels", "import_reviews.py": "labels",
-    "active_learning.py": "labels", "runs.py": "compare", "ablate.py": "compare",
+    "active_learning.py": "labels", "runs.py": "compare", "ablate.py": "compare", "tune.py": "tune",
 }
 
 
