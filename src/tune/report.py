@@ -46,11 +46,13 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None, monitor: str) -> st
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value (complete trials), seconds, note (why it stopped), its values."""
+    """One row per trial run or running: number, state, value (complete trials), seconds, note (why it stopped), its
+    values."""
     rows = [{"trial": t.number, "state": t.state.name.lower(),
              "value": t.value if t.state == TrialState.COMPLETE else math.nan,
              "seconds": round(t.duration.total_seconds(), 1) if t.duration else math.nan,
-             "note": t.user_attrs.get("note", ""), **t.params} for t in study.trials]
+             "note": t.user_attrs.get("note", ""), **t.params}
+            for t in study.trials if t.state != TrialState.WAITING]  # queued start points not run yet
     return pd.DataFrame(rows)
 
 

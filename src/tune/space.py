@@ -2,12 +2,15 @@
 trial runs, and sample a trial's values from it.
 
 Top-level keys are TrainConfig keys. `{low, high}` is a range (`log: true` samples the exponent, `step` a grid;
-whole numbers for int keys), a list is a set of choices, and `fixed:` maps keys every trial uses as they are:
+whole numbers for int keys), a list is a set of choices, `fixed:` maps keys every trial uses as they are, and
+`start:` lists points (some searched keys each, the base config's values for the rest) tried right after the base
+config, before the sampler proposes its own:
 
     lr: {low: 3.0e-4, high: 5.0e-3, log: true}
     epochs: {low: 10, high: 30, step: 5}
     model: [smallcnn, smallresnet]
     fixed: {image_size_px: 32}
+    start: [{epochs: 30, model: smallresnet}]
 """
 from __future__ import annotations
 
@@ -52,10 +55,12 @@ class SearchSpace:
     source: str
     params: dict[str, Range | Choice]
     fixed: dict
+    starts: list[dict] = dataclasses.field(default_factory=list)  # points tried first, after the base config
 
     def without(self, keys) -> "SearchSpace":
-        """The space with `keys` (set on the command line) taken out of the search."""
-        return dataclasses.replace(self, params={k: v for k, v in self.params.items() if k not in keys})
+        """The space with `keys` (set on the command line) taken out of the search (and out of the start points)."""
+        return dataclasses.replace(self, params={k: v for k, v in self.params.items() if k not in keys},
+                                   starts=[{k: v for k, v in p.items() if k not in keys} for p in self.starts])
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -73,7 +78,7 @@ def parse_space(values: dict, source: str) -> SearchSpace:
         raise UserError(f"{source}: fixed: exp is set by tune.py (trial<number>; the tuned config gets --name)")
     params = {}
     for name, spec in values.items():
-        if name == "fixed":
+        if name in ("fixed", "start"):
             continue
         check_key(name, source)
         if name in fixed:
@@ -84,7 +89,23 @@ def parse_space(values: dict, source: str) -> SearchSpace:
         params[name] = parse_param(name, spec, source)
     if not params:
         raise UserError(f"{source}: no key to search; give ranges {{low, high}} or lists of choices")
-    return SearchSpace(source, params, {k: as_field_type(k, v) for k, v in fixed.items()})
+    return SearchSpace(source, params, {k: as_field_type(k, v) for k, v in fixed.items()},
+                       parse_starts(values.get("start") or [], params, source))
+
+
+def parse_starts(starts, params: dict, source: str) -> list[dict]:
+    """start: a list of mappings of searched keys to values the space contains."""
+    if not isinstance(starts, list) or not all(isinstance(p, dict) and p for p in starts):
+        raise UserError(f"{source}: start must be a list of mappings of searched keys to values")
+    out = []
+    for i, point in enumerate(starts):
+        for name, value in point.items():
+            if name not in params:
+                raise UserError(f"{source}: start[{i}]: {name!r} is not a searched key of this file")
+            if not contains(params[name], as_field_type(name, value)):
+                raise UserError(f"{source}: start[{i}]: {name}={value!r} lies outside its range or choices")
+        out.append({k: as_field_type(k, v) for k, v in point.items()})
+    return out
 
 
 def check_key(name, source: str, where: str = "") -> None:
@@ -150,8 +171,13 @@ def parse_range(name: str, spec: dict, where: str) -> Range:
 
 
 def check_space(space: SearchSpace, base: TrainConfig) -> None:
-    """Every choice and both ends of every range must give a config that TrainConfig accepts on top of `base` (a
-    one-line error naming the file and key, before any trial runs)."""
+    """Every choice, both ends of every range and every start point must give a config that TrainConfig accepts on
+    top of `base` (a one-line error naming the file and key, before any trial runs)."""
+    for i, point in enumerate(space.starts):
+        try:
+            trial_config(base, point)
+        except UserError as err:
+            raise UserError(f"{space.source}: start[{i}] is refused ({str(err).split(': ', 1)[-1]})") from None
     for name, param in space.params.items():
         values = param.values if isinstance(param, Choice) else (param.low, param.high)
         for value in values:
@@ -194,7 +220,7 @@ def contains(param: Range | Choice, value) -> bool:
 def space_record(space: SearchSpace) -> dict:
     """The space as plain JSON values, stored with the study so a resumed study can check it is the same."""
     return {"params": {k: dataclasses.asdict(v) if isinstance(v, Range) else list(v.values)
-                       for k, v in space.params.items()}, "fixed": space.fixed}
+                       for k, v in space.params.items()}, "fixed": space.fixed, "start": space.starts}
 
 
 def base_config(config_file: str | None, space: SearchSpace, args: dict) -> tuple[TrainConfig, SearchSpace]:

@@ -24,9 +24,13 @@ from src.data.folds import parse_fold_arg
 from src.train.config import TrainConfig
 from src.train.cv import load_labelled, train_folds
 from src.tune.report import LOCATION_KEYS, best_trial, trial_line
-from src.tune.space import Choice, SearchSpace, contains, sample, space_record, trial_config
+from src.tune.space import SearchSpace, contains, sample, space_record, trial_config
 
-WARMUP_EPOCHS = 3  # no pruning before this many epochs: early epochs rank configs poorly (warmup, EMA lag)
+# Trials of different lengths are compared at the same share of their schedule, not the same epoch: at epoch 3 a
+# 30-epoch one-cycle run is still near its peak LR and trails a 10-epoch run that is nearly done. Each fold's
+# schedule reports at PROGRESS_STEPS points (the first epoch to reach each tenth).
+PROGRESS_STEPS = 10
+WARMUP_STEPS = 3  # no pruning in the first 30 % of the first fold: early epochs rank configs poorly (warmup, EMA lag)
 # A 15-minute budget runs about ten trials, so TPE starts modelling after five random ones (Optuna's default: 10).
 STARTUP_TRIALS = 5
 MAX_ERRORS_IN_A_ROW = 3  # the same mistake in every trial (a model that never builds) ends the study early
@@ -90,17 +94,23 @@ def build_pruner(name: str, max_steps: int) -> optuna.pruners.BasePruner:
     """median: stop a trial whose best value so far is worse than the median of earlier trials at the same epoch;
     hyperband: successive halving over epochs in brackets."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=WARMUP_EPOCHS)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=WARMUP_STEPS)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min(WARMUP_EPOCHS, max_steps), max_resource=max_steps)
+        return optuna.pruners.HyperbandPruner(min_resource=min(WARMUP_STEPS, max_steps), max_resource=max_steps)
     return optuna.pruners.NopPruner()
 
 
 def max_steps(job: TuneJob) -> int:
-    """Pruning steps in the longest trial: epochs (the largest the space allows) times tuned folds."""
-    epochs = job.space.params.get("epochs")
-    most = job.base.epochs if epochs is None else max(epochs.values) if isinstance(epochs, Choice) else epochs.high
-    return int(most) * len(job.folds)
+    """Pruning steps in a trial: PROGRESS_STEPS per tuned fold."""
+    return PROGRESS_STEPS * len(job.folds)
+
+
+def progress_step(fold_position: int, epoch: int, epochs: int) -> tuple[int, bool]:
+    """(step, is_first_epoch_at_it): the schedule share reached after `epoch` (0-based) of `epochs`, in tenths,
+    counted on from the folds before; only the first epoch reaching a new tenth reports."""
+    tenth = PROGRESS_STEPS * (epoch + 1) // epochs
+    first = tenth > PROGRESS_STEPS * epoch // epochs
+    return fold_position * PROGRESS_STEPS + tenth, first
 
 
 def study_record(job: TuneJob) -> dict:
@@ -110,7 +120,8 @@ def study_record(job: TuneJob) -> dict:
 
 
 def open_study(job: TuneJob, storage: str, resume: bool, pruner: str) -> optuna.Study:
-    """Create the study (or, with --resume, load or join it); a new study tries the base config first."""
+    """Create the study (or, with --resume, load or join it); a new study tries the base config first, then the
+    space's start points."""
     direction = "maximize" if metric_mode(job.base.monitor) == "max" else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would double run_trials' line
     try:
@@ -127,8 +138,8 @@ def open_study(job: TuneJob, storage: str, resume: bool, pruner: str) -> optuna.
     check_record(study, study_record(job), storage)
     if not study.trials:
         first = {k: getattr(job.base, k) for k, p in job.space.params.items() if contains(p, getattr(job.base, k))}
-        if first:
-            study.enqueue_trial(first)
+        for point in ([first] if first else []) + [{**first, **p} for p in job.space.starts if p]:
+            study.enqueue_trial(point, skip_if_exists=True)
     return study
 
 
@@ -179,12 +190,13 @@ def report_epoch(trial: optuna.Trial, job: TuneJob, cfg: TrainConfig, fold: int,
     """train_folds' on_epoch hook: report the epoch's validation metric, then stop the trial (TrialPruned, which
     ends the run with its files intact) when the pruner says so or the budget is spent."""
     value = row[f"val_{cfg.monitor}"]
-    if math.isfinite(value):
-        trial.report(value, step=job.folds.index(fold) * cfg.epochs + row["epoch"])
+    step, first = progress_step(job.folds.index(fold), row["epoch"], cfg.epochs)
+    if math.isfinite(value) and first:
+        trial.report(value, step=step)
     where = f"fold {fold} epoch {row['epoch']}"
     if job.deadline is not None and time.monotonic() >= job.deadline:
         raise optuna.TrialPruned(f"the --budget deadline stopped it after {where}")
-    if trial.should_prune():
+    if first and trial.should_prune():
         raise optuna.TrialPruned(f"the pruner stopped it after {where} ({cfg.monitor} {value:.4f})")
 
 

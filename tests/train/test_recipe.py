@@ -95,3 +95,19 @@ def test_smallresnet_sizes_drop_path_and_timm_arguments():
 def test_recipe_combinations_that_cannot_work_are_refused(values, message):
     with pytest.raises(UserError, match=message):
         TrainConfig(**values).validate()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "convnext_atto"])
+def test_timm_small_nets_train_a_step_on_28px_digits_fed_upscaled(name):
+    """A 28 px cache fed at 64 px (--input-size-px) through the engine's resize: timm's nets take it, with drop
+    path where they support it."""
+    from src.train.engine import InputNorm, Runtime, to_input
+    cfg = TrainConfig(model=name, drop_path_rate=0.1, input_size_px=64)
+    model = build_model(cfg, in_chans=1, num_classes=10)
+    rt = Runtime(torch.device("cpu"), None, True)
+    norm = InputNorm(torch.tensor([0.1]).view(1, 1, 1, 1), torch.tensor([0.3]).view(1, 1, 1, 1), 64)
+    x = to_input(torch.randint(0, 255, (4, 28, 28, 1), dtype=torch.uint8), norm, rt)
+    assert x.shape == (4, 1, 64, 64)
+    loss = torch.nn.functional.cross_entropy(model.train()(x), torch.arange(4))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)

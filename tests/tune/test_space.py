@@ -32,8 +32,12 @@ def space_file(tmp_path, text: str):
     ("seed: [1, 2]\n", ["seed", "cannot be searched"]),
     ("model: []\n", ["model", "empty"]),
     ("fixed: {epochs: 3}\n", ["no key to search"]),
+    ("lr: [0.001, 0.002]\nstart: [{epochs: 30}]\n", ["start[0]", "'epochs' is not a searched key"]),
+    ("lr: [0.001, 0.002]\nstart: [{lr: 0.5}]\n", ["start[0]", "lr=0.5 lies outside"]),
+    ("lr: [0.001, 0.002]\nstart: {lr: 0.001}\n", ["start must be a list"]),
 ], ids=["unknown-key", "unknown-fixed-key", "low-above-high", "low-equals-high", "float-for-int", "text-bound",
-        "bare-value", "range-on-text", "log-from-zero", "range-typo", "seed", "no-choices", "nothing-searched"])
+        "bare-value", "range-on-text", "log-from-zero", "range-typo", "seed", "no-choices", "nothing-searched",
+        "start-unsearched-key", "start-outside", "start-not-a-list"])
 def test_a_malformed_space_is_one_line_naming_file_and_key(tmp_path, text, fragments):
     path = space_file(tmp_path, text)
     with pytest.raises(UserError) as err:

@@ -10,7 +10,7 @@ import pytest
 from src.core.errors import UserError
 from src.train.config import TrainConfig
 from src.tune.space import parse_space
-from src.tune.study import TuneJob, check_folds, parse_budget, report_epoch, run_trials
+from src.tune.study import TuneJob, check_folds, parse_budget, progress_step, report_epoch, run_trials
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400)])
@@ -43,7 +43,17 @@ def test_the_deadline_stops_a_running_trial_at_its_next_epoch(demo, tmp_path):
     study = optuna.create_study(direction="maximize")
     with pytest.raises(optuna.TrialPruned, match="--budget deadline stopped it after fold 0 epoch 2"):
         report_epoch(study.ask(), job, job.base, 0, {"epoch": 2, "val_accuracy": 0.5})
-    assert study.trials[0].intermediate_values == {2: 0.5}  # reported before stopping: the pruners see it
+    assert study.trials[0].intermediate_values == {6: 0.5}  # 3 of 5 epochs = 6 tenths, reported before stopping
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 10, 15, 30, 250])
+def test_trials_of_any_length_report_at_the_same_schedule_tenths_once_each(epochs):
+    for position in (0, 1):
+        reported = [step for epoch in range(epochs) for step, first in [progress_step(position, epoch, epochs)]
+                    if first]
+        assert reported == sorted(set(reported)) and reported[-1] == 10 * (position + 1)
+        if epochs >= 10:  # every tenth of the schedule, whatever its length: trials compare like for like
+            assert reported == list(range(10 * position + 1, 10 * position + 11))
 
 
 @pytest.mark.slow
