@@ -12,7 +12,6 @@ mark (getrusage); its decoding workers are separate processes that hold one imag
 """
 import json
 import multiprocessing
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pandas as pd
 
 from src.core.atomic import write_text
 from src.core.cli import build_parser, run_main
+from src.core.repro import cpu_name
 from src.core.tables import markdown_table
 from src.data.cache import human_bytes
 
@@ -158,9 +158,7 @@ def main() -> None:
                      **measured("train.py", *train, "--exp", f"bench-{run}")})
     decoded = args.images * args.size_px * args.size_px * 3
     table = markdown_table(pd.DataFrame(rows))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").is_file() else ""
-    header = (f"# Image cache: memory and reuse\n\nMachine: {cpu}, {multiprocessing.cpu_count()} cores. "
+    header = (f"# Image cache: memory and reuse\n\nMachine: {cpu_name()}, {multiprocessing.cpu_count()} cores. "
               f"{args.images} generated RGB JPEGs at {args.size_px} px (decoded: {human_bytes(decoded)}, what one "
               f"in-memory array of them needs in every process), model {args.model} fed at {args.input_size_px} px, "
               f"batch 64{'; --quick: not a measurement' if args.quick else ''}.\n\n")

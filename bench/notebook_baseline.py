@@ -39,6 +39,7 @@ from src.core.atomic import check_writable, write_csv, write_text
 from src.core.cli import build_parser, quiet_default, run_main
 from src.core.errors import UserError
 from src.core.metrics import accuracy, eer, logloss
+from src.core.repro import cpu_name
 from src.core.tables import markdown_table
 from src.data.contract import read_train_table
 from src.data.folds import default_folds_path, parse_fold_arg, read_folds
@@ -227,14 +228,6 @@ def summary_table(rows: list[dict], y: np.ndarray, probs: np.ndarray) -> pd.Data
              {"fold": "all (pooled OOF)", "n_train": "", "n_val": len(y), **scores(y, probs),
               "train_s": table["train_s"].sum(), "images_per_s": float("nan")}]
     return pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
-
-
-def cpu_name() -> str:
-    """The CPU model, so a reader can compare times across machines (ratios travel, seconds do not)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                platform.processor() or platform.machine())
 
 
 def report(table: pd.DataFrame, args, folds_path: Path, images: np.ndarray, device: torch.device,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from src.core.atomic import write_text
 from src.core.cli import build_parser, run_main
+from src.core.repro import cpu_name
 from src.core.tables import markdown_table
 from src.data.demo import load_mnist5k
 from src.data.images import ImageSpec, channel_stats
@@ -90,17 +91,6 @@ def engine_predict(cfg: TrainConfig, model: torch.nn.Module, images: np.ndarray,
     start = time.perf_counter()
     predict_probs(model, images, batch_size, norm_tensors(mean, std, rt), rt)  # returns numpy: synced
     return len(images) / (time.perf_counter() - start)
-
-
-def cpu_name() -> str:
-    """The CPU model, so a reader can compare times across machines (ratios travel, seconds do not)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
