@@ -203,6 +203,11 @@ class TrainConfig(DataFields):
     pseudo: str = ""
     pseudo_soft: bool = False
 
+    @property
+    def mixes(self) -> bool:
+        """Whether training mixes images and labels (mixup and/or cutmix)."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
+
     def validate(self) -> "TrainConfig":
         """Check ranges, choices and combinations (UserError naming the field); clip a warmup as long as the run
         (with a note)."""
@@ -225,13 +230,13 @@ class TrainConfig(DataFields):
             raise UserError("config: freeze_epochs needs pretrained (freezing a random backbone teaches nothing)")
         if self.freeze_epochs >= self.epochs:
             raise UserError(f"config: freeze_epochs ({self.freeze_epochs}) must be < epochs ({self.epochs})")
-        if (self.mixup_alpha or self.cutmix_alpha) and "focal" in (self.loss, self.loss2):
+        if self.mixes and "focal" in (self.loss, self.loss2):
             raise UserError("config: mixup/cutmix train on mixed (soft) labels; focal loss takes class indices "
                             "only, so use loss ce or label_smoothing")
-        if (self.mixup_alpha or self.cutmix_alpha) and self.pseudo_soft:
+        if self.mixes and self.pseudo_soft:
             raise UserError("config: mixup/cutmix mix class indices; pseudo_soft targets are already distributions, "
                             "so use one or the other")
-        if self.mixup_off_epoch and not (self.mixup_alpha or self.cutmix_alpha):
+        if self.mixup_off_epoch and not self.mixes:
             raise UserError("config: mixup_off_epoch is set but mixup_alpha and cutmix_alpha are 0")
         if self.synthetic_only and not self.synthetic:
             raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")

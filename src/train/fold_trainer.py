@@ -128,7 +128,7 @@ class FoldTrainer:
         size_hw = (info.spec.height_px, info.spec.width_px)
         self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips, size_hw))
         self.mixup = None
-        if cfg.mixup_alpha or cfg.cutmix_alpha:
+        if cfg.mixes:
             # Smoothing stays with the loss (label_smoothing), which takes the soft targets as they are.
             self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=0.0,
                                num_classes=num_classes)
