@@ -20,6 +20,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 
 
+def trained_flips(augment: str, flips: str) -> str:
+    """The flips a model saw in training (for test-time views): the `flips` key, plus left-right under the photo
+    preset, which always mirrors."""
+    if augment != "photo" or "h" in flips:
+        return flips
+    return "hv" if "v" in flips else "h"
+
+
 def _flip_ops(flips: str) -> list:
     ops = []
     if "h" in flips:

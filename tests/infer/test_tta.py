@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from src.core.errors import UserError
+from src.data.augment import trained_flips
 from src.infer.tta import VIEWS, candidate_views, greedy_views, parse_views, shift
 
 
@@ -47,6 +48,14 @@ def test_default_views_never_flip_unless_the_model_trained_with_flips():
     assert parse_views("identity,hflip", "none") == ["identity", "hflip"]
     with pytest.raises(UserError, match="unknown view"):
         parse_views("identity,rot45", "none")
+
+
+@pytest.mark.parametrize("augment, flips, seen", [("photo", "none", "h"), ("photo", "v", "hv"), ("photo", "h", "h"),
+                                                   ("light", "none", "none"), ("heavy", "v", "v")])
+def test_views_count_the_mirror_the_photo_preset_always_applies(augment, flips, seen):
+    # The photo preset mirrors left-right whatever `flips` says, so its models get the hflip view by default.
+    assert trained_flips(augment, flips) == seen
+    assert ("hflip" in parse_views("auto", trained_flips(augment, flips))) == ("h" in seen)
 
 
 def test_greedy_selection_adds_helpful_views_and_skips_harmful_ones():
