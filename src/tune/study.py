@@ -49,6 +49,7 @@ class TuneJob:
     tune_dir: Path  # <runs_dir>/tune/<name>
     quiet: bool = True
     deadline: float | None = None  # time.monotonic() at which the budget is spent; None = no budget
+    val_rows: int = 0  # validation rows over the tuned folds (one image's worth of accuracy); 0 = unknown
 
     @property
     def trials_dir(self) -> Path:
@@ -76,6 +77,12 @@ def check_folds(base: TrainConfig, folds: str, holdout: str) -> tuple[list[int],
         raise UserError(f"--holdout-folds {holdout}: fold {shared[0]} is also tuned on (--folds {folds}); a held-out "
                         f"fold must never choose the config")
     return tuned, held
+
+
+def validation_rows(base: TrainConfig, folds: list[int]) -> int:
+    """How many validation rows the tuned folds hold together."""
+    _, fold_of, _ = load_labelled(base)
+    return int(np.isin(fold_of, folds).sum())
 
 
 def check_name(name: str) -> str:
@@ -162,15 +169,19 @@ def trained_config(trial: optuna.trial.FrozenTrial) -> TrainConfig:
     return config_from_dict(trial.user_attrs["config"], TrainConfig, source=f"trial {trial.number}")
 
 
-def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None) -> float:
+def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None) -> list[dict]:
     """Train `folds` of `cfg` with the trainer's lines in <runs_dir>/<exp>/train.log (the console gets one line
-    per trial); the mean over folds of the best monitored metric."""
+    per trial); each fold's metrics at its best epoch."""
     run = Path(cfg.runs_dir) / cfg.exp
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "train.log", "w") as log, contextlib.redirect_stdout(log):
         results = train_folds(cfg, ",".join(map(str, folds)), overwrite=True, quiet=quiet, fold_source=fold_source,
                               on_epoch=on_epoch)
-    return float(np.mean([result[cfg.monitor] for result in results]))
+    return results
+
+
+def fold_mean(results: list[dict], metric: str) -> float:
+    return float(np.mean([result[metric] for result in results]))
 
 
 def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
@@ -180,7 +191,12 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
     try:
-        return train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg))
+        results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg))
+        # What best_trial needs to break near-ties (src/tune/report.py).
+        trial.set_user_attr("val_log_loss", fold_mean(results, "log_loss"))
+        if cfg.monitor == "accuracy" and job.val_rows:
+            trial.set_user_attr("one_image", len(job.folds) / job.val_rows)
+        return fold_mean(results, cfg.monitor)
     finally:
         for path in (job.trials_dir / cfg.exp).rglob("*.pt"):
             path.unlink()
@@ -233,4 +249,4 @@ def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None) -> int:
 def train_holdout(best: optuna.trial.FrozenTrial, job: TuneJob, folds: list[int]) -> float:
     """Train the best trial's config on folds the study never validated on: a score not chosen on its own rows."""
     cfg = dataclasses.replace(trained_config(best), exp=job.name, runs_dir=str(job.tune_dir / "holdout"))
-    return train_logged(cfg, folds, job.quiet, "--holdout-folds")
+    return fold_mean(train_logged(cfg, folds, job.quiet, "--holdout-folds"), cfg.monitor)

@@ -2,6 +2,7 @@
 to the same study, and bad input stops it before any trial."""
 from __future__ import annotations
 
+import optuna
 import pandas as pd
 import pytest
 
@@ -33,6 +34,12 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
         assert (study_dir / name).is_file(), name
     assert "no importance.png: too few complete trials (2)" in (study_dir / "summary.md").read_text()
     assert not list(study_dir.rglob("trials/**/*.pt"))  # trials keep logs and configs, not weights
+    # Each complete trial carries what the near-tie rule needs: one image's worth of accuracy and its log loss.
+    val_rows = int((pd.read_csv(demo["folds"])["fold"] == 0).sum())
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{study_dir / 'study.db'}")
+    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        assert trial.user_attrs["one_image"] == pytest.approx(1 / val_rows)
+        assert 0 < trial.user_attrs["val_log_loss"] < 10
 
     tuned = tmp_path / "tuned" / "t.yaml"
     text = tuned.read_text()
