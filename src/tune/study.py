@@ -195,7 +195,7 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
         # What best_trial needs to break near-ties (src/tune/report.py).
         trial.set_user_attr("val_log_loss", fold_mean(results, "log_loss"))
         if cfg.monitor == "accuracy" and job.val_rows:
-            trial.set_user_attr("one_image", len(job.folds) / job.val_rows)
+            trial.set_user_attr("one_image", 1 / job.val_rows)  # the mean over folds of per-fold accuracies
         return fold_mean(results, cfg.monitor)
     finally:
         for path in (job.trials_dir / cfg.exp).rglob("*.pt"):

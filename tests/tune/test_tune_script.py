@@ -22,20 +22,21 @@ def tune(demo, tmp_path, *extra):
 
 @pytest.mark.slow
 def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(demo, tmp_path):
-    proc = tune(demo, tmp_path, "--trials", "2", "--holdout-folds", "1")
+    proc = tune(demo, tmp_path, "--trials", "2", "--folds", "0,2", "--holdout-folds", "1")
     assert proc.returncode == 0, proc.stderr
     study_dir = tmp_path / "runs" / "tune" / "t"
     trials = pd.read_csv(study_dir / "trials.csv")
     assert list(trials["trial"]) == [0, 1] and set(trials["state"]) == {"complete"}
     assert trials.loc[0, "lr"] == TrainConfig.lr  # trial 0 is the base config
-    assert "tuning on fold(s) 0, so the best value is optimistic" in proc.stdout
+    assert "tuning on fold(s) 0,2, so the best value is optimistic" in proc.stdout
     assert "held-out fold(s) 1: accuracy" in proc.stdout
     for name in ("trials.md", "history.png", "summary.md"):
         assert (study_dir / name).is_file(), name
     assert "no importance.png: too few complete trials (2)" in (study_dir / "summary.md").read_text()
     assert not list(study_dir.rglob("trials/**/*.pt"))  # trials keep logs and configs, not weights
-    # Each complete trial carries what the near-tie rule needs: one image's worth of accuracy and its log loss.
-    val_rows = int((pd.read_csv(demo["folds"])["fold"] == 0).sum())
+    # Each complete trial carries what the near-tie rule needs: one image's worth of the mean accuracy over the
+    # tuned folds (one row of their validation rows together) and the mean log loss.
+    val_rows = int(pd.read_csv(demo["folds"])["fold"].isin([0, 2]).sum())
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{study_dir / 'study.db'}")
     for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
         assert trial.user_attrs["one_image"] == pytest.approx(1 / val_rows)
@@ -48,12 +49,12 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
     assert cfg.exp == "t" and cfg.runs_dir == TrainConfig.runs_dir and cfg.epochs == 1
     assert run_script("train.py", "--config", str(tuned), "--print-config").returncode == 0
 
-    again = tune(demo, tmp_path, "--trials", "1")
+    again = tune(demo, tmp_path, "--trials", "1", "--folds", "0,2")
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    resumed = tune(demo, tmp_path, "--trials", "1", "--resume")
+    resumed = tune(demo, tmp_path, "--trials", "1", "--folds", "0,2", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert list(pd.read_csv(study_dir / "trials.csv")["trial"]) == [0, 1, 2]
-    changed = tune(demo, tmp_path, "--trials", "1", "--resume", "--batch-size", "16")
+    changed = tune(demo, tmp_path, "--trials", "1", "--folds", "0,2", "--resume", "--batch-size", "16")
     assert changed.returncode == 2 and "made with another batch_size" in changed.stderr
 
 
