@@ -48,10 +48,10 @@ def main() -> None:
     full_space = load_space(args.space)
     base, space = base_config(args.config, full_space, vars(args))
     check_space(space, base)  # every searched value is checked before any trial runs
-    folds, holdout = tuning.check_folds(base, args.folds, args.holdout_folds)
+    folds, holdout, val_rows = tuning.check_folds(base, args.folds, args.holdout_folds)
     name = tuning.check_name(args.name or f"{Path(base.data_dir).name}-{Path(args.space).stem}")
     job = tuning.TuneJob(name, base, space, folds, Path(base.runs_dir) / "tune" / name, args.quiet, deadline,
-                         tuning.validation_rows(base, folds))
+                         val_rows)
     storage = args.storage or tuning.default_storage(job.tune_dir)
     study = tuning.open_study(job, storage, args.resume, args.pruner)
     flagged = sorted(set(full_space.params) - set(space.params))

@@ -65,9 +65,9 @@ def parse_budget(text: str) -> float:
     return 3600.0 * hours + 60.0 * minutes + seconds
 
 
-def check_folds(base: TrainConfig, folds: str, holdout: str) -> tuple[list[int], list[int]]:
+def check_folds(base: TrainConfig, folds: str, holdout: str) -> tuple[list[int], list[int], int]:
     """Read the data and fold file once (their errors stop tune.py before any trial) and parse the tuned and
-    held-out folds, which must not overlap."""
+    held-out folds, which must not overlap; also how many validation rows the tuned folds hold together."""
     _, fold_of, _ = load_labelled(base)
     n_folds = int(fold_of.max()) + 1
     tuned = parse_fold_arg(folds, n_folds, "--folds")
@@ -76,13 +76,7 @@ def check_folds(base: TrainConfig, folds: str, holdout: str) -> tuple[list[int],
     if shared:
         raise UserError(f"--holdout-folds {holdout}: fold {shared[0]} is also tuned on (--folds {folds}); a held-out "
                         f"fold must never choose the config")
-    return tuned, held
-
-
-def validation_rows(base: TrainConfig, folds: list[int]) -> int:
-    """How many validation rows the tuned folds hold together."""
-    _, fold_of, _ = load_labelled(base)
-    return int(np.isin(fold_of, folds).sum())
+    return tuned, held, int(np.isin(fold_of, tuned).sum())
 
 
 def check_name(name: str) -> str:

@@ -32,7 +32,8 @@ def tiny_job(demo, tmp_path, epochs: int) -> TuneJob:
 
 def test_held_out_folds_must_differ_from_the_tuned_ones(demo):
     base = TrainConfig(data_dir=str(demo["data"]), folds_csv=str(demo["folds"]))
-    assert check_folds(base, "0,1", "3,4") == ([0, 1], [3, 4])
+    val_rows = int(pd.read_csv(demo["folds"])["fold"].isin([0, 1]).sum())
+    assert check_folds(base, "0,1", "3,4") == ([0, 1], [3, 4], val_rows)
     with pytest.raises(UserError, match="--holdout-folds 1,2: fold 1 is also tuned on"):
         check_folds(base, "0,1", "1,2")
 
