@@ -119,19 +119,30 @@ def log_metrics(run_dir):
 
 
 def kill_after_epoch(cmd: list[str], last, epoch: int) -> tuple[int, str]:
-    """Start training, SIGTERM it once last.pt holds `epoch` finished epochs; (exit code, stderr)."""
+    """Start training, SIGTERM it once last.pt holds `epoch` finished epochs; (exit code, stderr).
+
+    The run has faulthandler on: one that does not end within 60 s of the signal is aborted, and the failure
+    shows where every thread was stuck (and whether the epoch was reached before the signal)."""
     import torch
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # torchrun's workers too
+    started = time.time()
+    reached = False
+    while time.time() < started + 120 and proc.poll() is None and not reached:
         try:
-            if last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch:
-                break
+            reached = last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch
         except (RuntimeError, EOFError, OSError):  # replaced while we read it: look again
             pass
         time.sleep(0.02)
+    sent = time.time() - started
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"no exit within 60 s of SIGTERM, sent {sent:.1f} s after start with epoch {epoch} "
+                             f"{'reached' if reached else 'NOT reached'}\nstdout: {out[-2000:]}\nstderr: {err}")
     return proc.returncode, err
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from src.core.atomic import check_writable, write_csv, write_text
 from src.core.config import config_differences, config_from_dict, config_to_dict, load_config_file
 from src.core.errors import UserError
+from src.core.interrupts import raise_interrupt
 from src.core.repro import REPO, git_commit, package_versions
 from src.core.rundir import exp_dir, fold_dir, load_checkpoint
 from src.core.tables import markdown_table
@@ -27,7 +28,7 @@ from src.synthetic.diffusion import build_noise_scheduler, sample_images, sample
 from src.synthetic.generator import GeneratorTrainer, load_generator
 from src.synthetic.samples import apply_filter, kept_table, new_manifest, write_samples
 from src.train.config import TrainConfig
-from src.train.cv import load_split, raise_interrupt, run_dir_action, train_folds, write_run_record
+from src.train.cv import load_split, run_dir_action, train_folds, write_run_record
 from src.train.engine import norm_tensors, predict_probs, setup_runtime
 from src.train.models import build_model
 

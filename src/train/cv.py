@@ -15,6 +15,7 @@ import pandas as pd
 from src.core.atomic import check_writable, write_csv, write_text
 from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
+from src.core.interrupts import raise_interrupt
 from src.core.metrics import compute_metrics, metric_names
 from src.core.repro import REPO, git_commit, package_versions
 from src.core.rundir import exp_dir, fold_dir, oof_arrays, read_oof, write_json
@@ -38,10 +39,6 @@ from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
 from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
 from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run_dir_action(run_dir: Path, resume: bool, overwrite: bool) -> str:
