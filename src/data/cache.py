@@ -31,7 +31,16 @@ from tqdm import tqdm
 
 from src.core.atomic import write_text
 from src.core.errors import UserError
-from src.data.images import ImageFacts, ImageSpec, decode_image, facts_of, fit_image, spec_from_facts
+from src.data.images import (
+    AUTO_MAX_SIDE_PX,
+    ImageFacts,
+    ImageSpec,
+    data_shape,
+    decode_image,
+    facts_of,
+    fit_image,
+    spec_from_facts,
+)
 from src.data.rows import Rows
 
 CACHE_FORMAT = 1
@@ -235,10 +244,16 @@ def _complete(meta_path: Path, data: Path, key: str, size: int) -> dict | None:
 def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, image_size_px: int = 0,
                   spec: ImageSpec | None = None) -> CachedImages:
     """The images decoded at `spec` (a trained model's), or at the shape train.py picks from `image_size_px`
-    (see spec_from_facts), from the cache: built now, or reused. Prints one line saying which."""
+    (see spec_from_facts), from the cache: built now, or reused. Prints one line saying which, and one more when
+    large images were scaled down by default."""
     cache_dir = Path(cache_dir)
     if spec is None:
-        spec = spec_from_facts(scan_images(paths, cache_dir, quiet), image_size_px)
+        facts = scan_images(paths, cache_dir, quiet)
+        spec = spec_from_facts(facts, image_size_px)
+        height, width = data_shape(facts)
+        if (spec.height_px, spec.width_px) != (height, width) and not image_size_px:
+            print(f"image size: the data's {height}x{width} px scaled to {spec.height_px}x{spec.width_px} (without "
+                  f"--image-size-px the longer side is at most {AUTO_MAX_SIDE_PX} px; pass it to choose)")
     key = cache_key(files_key(paths), spec, interp)
     data, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
     size = len(paths) * spec.height_px * spec.width_px * spec.in_chans

@@ -25,7 +25,8 @@ PRETRAIN_HELP = {
     "exp": "pretraining experiment; outputs go to <out_dir>/<exp>/",
     "out_dir": "where pretraining folders are created",
     "model": "timm model name or smallcnn: the backbone train.py --model will use",
-    "image_size_px": "resize images to this square size; 0 = the data's size (use the value train.py will use)",
+    "image_size_px": "resize images to this square size; 0 = the data's size, longer side capped at 128 px (use the value "
+                     "train.py will use)",
     "resize_interp": HELP["resize_interp"],
     "method": "simclr (NT-Xent over the batch's other images) or simsiam (no negatives: predictor + stop-gradient)",
     "epochs": "passes over all images (two views each)",

@@ -57,8 +57,8 @@ HELP = {
                         "keeps pretrained features from being overwritten early",
     "freeze_epochs": "train only the classifier head for this many epochs first (backbone weights and BatchNorm "
                      "statistics frozen); needs pretrained",
-    "image_size_px": "resize images to this square size when decoding (the cache); 0 = the data's size, or the "
-                     "pretrained input size with hub weights",
+    "image_size_px": "resize images to this square size when decoding (the cache); 0 = the data's size with its "
+                     "longer side capped at 128 px, or the pretrained input size with hub weights",
     "input_size_px": "feed the model at this square size, resized on the device (a 64 px cache can train a 224 px "
                      "model); 0 = the cached size, or the pretrained input size with hub weights",
     "normalize": "input mean/std: the training images' own (data), the pretrained weights' (pretrained), or auto "

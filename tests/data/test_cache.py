@@ -178,3 +178,26 @@ def test_photos_of_mixed_sizes_and_names_cache_at_the_median_side_in_colour(tmp_
     assert built.shape == (5, 70, 70, 3)  # the median of the longer sides, square; RGB
     decoded = cv2.cvtColor(cv2.imread(str(paths[3])), cv2.COLOR_BGR2RGB)
     assert np.array_equal(built[3], cv2.resize(decoded, (70, 70), interpolation=cv2.INTER_CUBIC))
+
+
+def test_without_a_size_large_photos_are_scaled_to_a_128_px_longer_side_and_the_run_says_so(tmp_path, capsys):
+    from src.data.images import ImageFacts, ImageSpec
+    uniform = [ImageFacts(300, 200, False, str(i)) for i in range(3)]
+    mixed = [ImageFacts(h, w, False, str(i)) for i, (h, w) in enumerate([(500, 375), (333, 500), (600, 800)])]
+    assert spec_from_facts(uniform, 0) == ImageSpec(128, 85, 3)  # aspect kept
+    assert (spec_from_facts(mixed, 0).height_px, spec_from_facts(mixed, 0).width_px) == (128, 128)
+    assert spec_from_facts(mixed, 300).height_px == 300  # a requested size is taken as it is, larger or not
+    small = [ImageFacts(96, 128, True, "a")]
+    assert (spec_from_facts(small, 0).height_px, spec_from_facts(small, 0).width_px) == (96, 128)  # at the cap
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for i, (h, w) in enumerate([(200, 300), (260, 260), (240, 320)]):
+        paths.append(folder / f"img{i}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    built = cache.cached_images(paths, tmp_path / "cache", "area", quiet=True)
+    assert built.shape == (3, 128, 128, 3)
+    assert "the data's 300x300 px scaled to 128x128" in capsys.readouterr().out
+    assert cache.cached_images(paths, tmp_path / "cache", "area", quiet=True, image_size_px=200).shape[1] == 200
+    assert "scaled" not in capsys.readouterr().out
