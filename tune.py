@@ -42,7 +42,7 @@ def main() -> None:
         raise UserError(f"--trials {args.trials}: run at least 1 trial")
     from src.tune import study as tuning
     from src.tune.report import best_trial, write_reports
-    from src.tune.space import base_config, check_space, load_space
+    from src.tune.space import FIELD_TYPES, base_config, check_space, load_space
 
     deadline = start + tuning.parse_budget(args.budget) if args.budget else None
     full_space = load_space(args.space)
@@ -54,8 +54,8 @@ def main() -> None:
                          val_rows)
     storage = args.storage or tuning.default_storage(job.tune_dir)
     study = tuning.open_study(job, storage, args.resume, args.pruner)
-    flagged = sorted(set(full_space.params) - set(space.params))
-    print(f"study {name} ({storage}): searching {', '.join(space.params)}; fixed by flags: {', '.join(flagged) or '-'}"
+    flags = sorted(f"{k}={v}" for k, v in vars(args).items() if k in FIELD_TYPES and k != "data_dir")  # given ones
+    print(f"study {name} ({storage}): searching {', '.join(space.params)}; set by flags: {', '.join(flags) or '-'}"
           f"; tuning on fold(s) {args.folds}, so the best value is optimistic; trial logs: "
           f"{job.trials_dir}/trial<n>/train.log", flush=True)
     tuning.run_trials(study, job, args.trials)

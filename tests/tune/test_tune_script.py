@@ -29,6 +29,8 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
     assert list(trials["trial"]) == [0, 1] and set(trials["state"]) == {"complete"}
     assert trials.loc[0, "lr"] == TrainConfig.lr  # trial 0 is the base config
     assert "tuning on fold(s) 0,2, so the best value is optimistic" in proc.stdout
+    header = proc.stdout.splitlines()[0]  # what every trial shares, not only the searched keys a flag removed
+    assert "set by flags: batch_size=32, epochs=1," in header and "model=smallcnn" in header
     assert "held-out fold(s) 1: accuracy" in proc.stdout
     for name in ("trials.md", "history.png", "summary.md"):
         assert (study_dir / name).is_file(), name
