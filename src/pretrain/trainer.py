@@ -7,6 +7,7 @@ disk: train.csv and folder names are never read here, so no label can reach the 
 from __future__ import annotations
 
 import hashlib
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from src.core.atomic import check_writable, save_figure, write_csv
 from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
+from src.core.interrupts import raise_interrupt
 from src.core.repro import REPO, derived_seed, git_commit, package_versions, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
 from src.data.images import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
@@ -262,6 +264,7 @@ def write_manifest(out_dir: Path, data: PretrainImages) -> None:
 
 def run_pretraining(cfg: PretrainConfig, resume: bool, overwrite: bool, quiet: bool, rt: Runtime) -> Path:
     """Pretrain (or resume) on every listed image; returns the backbone.pt path."""
+    signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     out = pretrain_dir(cfg)
     action = run_dir_action(out, resume, overwrite)
     check_writable(out.parent, "pretraining folders")

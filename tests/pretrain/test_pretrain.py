@@ -3,6 +3,7 @@ reach the weights, the quality probe, and that backbone.pt fine-tunes in train.p
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,8 @@ from src.train.cv import load_split
 from src.train.engine import Runtime
 from src.train.models import build_model
 from tests.conftest import make_competition, run_script
+
+from helpers import REPO, kill_after_epoch
 
 CPU = Runtime(torch.device("cpu"), None, False)
 
@@ -377,3 +380,17 @@ def test_bad_input_fails_in_one_line_before_anything_is_written(comp, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
         assert not out.exists()
+
+
+
+@pytest.mark.slow
+def test_sigterm_ends_pretraining_like_ctrl_c_and_resume_finishes(comp, tmp_path):
+    args = ["train", "--data-dir", str(comp), "--out-dir", str(tmp_path / "pre"), "--epochs", "40", "--batch-size",
+            "8", "--lr-warmup-epochs", "0.5", "--quiet"]
+    last = tmp_path / "pre" / "ssl" / "last.pt"
+    code, err = kill_after_epoch([sys.executable, str(REPO / "pretrain.py"), *args], last, 1)
+    assert code == 130 and "interrupted: finished pretraining epochs are saved in last.pt" in err, err
+    assert 1 <= load_checkpoint(last)["epoch"] < 40 and not (last.parent / "backbone.pt").exists()
+    proc = run_script("pretrain.py", *args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(last)["epoch"] == 40 and (last.parent / "backbone.pt").is_file()
