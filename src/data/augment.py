@@ -105,13 +105,11 @@ def build_transforms(name: str, flips: str = "none", size_hw: tuple[int, int] | 
     back to `size_hw`, the cached images' size."""
     if name in ("none", "light"):
         return None
-    flip_ops = [] if flips == "none" else _flip_ops(flips)
+    flip_ops = _flip_ops(trained_flips(name, flips))
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}
     if name == "photo":
         if size_hw is None:
             raise ValueError("the photo pipeline needs the images' size")
-        if "h" not in flips:  # photos of most things mirror freely; the preset always flips left-right
-            flip_ops.append(A.HorizontalFlip(p=0.5))
         ops = [A.RandomResizedCrop(size=size_hw, scale=(0.25, 1.0), p=1.0), *flip_ops,
                A.OneOf(trivial_augment_ops(border), p=1.0),
                # Random erasing (Zhong et al. 2020): one box of noise on a quarter of the images.
