@@ -163,8 +163,8 @@ class TrainConfig(DataFields):
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mixup_off_epoch: int = 0
-    epochs: int = 15
-    batch_size: int = 64
+    epochs: int = 30
+    batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05

@@ -58,7 +58,7 @@ def test_table_sorts_by_oof_shows_changes_folds_and_the_newest_single_experiment
 
 def test_diff_lists_only_what_differs(tmp_path):
     fake_run(tmp_path, "a", 1, 4, lr=0.01)
-    fake_run(tmp_path, "b", 1, 4, lr=0.02, epochs=30)
+    fake_run(tmp_path, "b", 1, 4, lr=0.02, epochs=45)
     diff = config_diff(tmp_path, "a", "b")
     assert set(diff["key"]) == {"lr", "epochs"}
     assert diff.set_index("key").loc["lr"].tolist() == ["0.01", "0.02"]

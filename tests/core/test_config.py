@@ -49,7 +49,7 @@ def test_json_config_with_unknown_key_is_refused(tmp_path):
     (["--drop-rate", "1.5"], r"drop_rate must be in \[0, 1\)"),
     (["--plateau-factor", "1"], r"plateau_factor must be in \(0, 1\)"),
     (["--num-workers", "-3"], r"num_workers must be in \[-1, inf\)"),
-    (["--loss2", "ce"], r"with loss2 set, loss_switch_epoch must be in 1..14"),
+    (["--loss2", "ce"], r"with loss2 set, loss_switch_epoch must be in 1..29"),
 ])
 def test_out_of_range_values_are_refused(argv, message):
     with pytest.raises(UserError, match=message):
@@ -76,8 +76,8 @@ def test_every_shipped_experiment_config_loads_strictly(path):
     assert isinstance(cfg, TrainConfig)
 
 
-def test_demo_config_is_the_defaults_spelled_out():
-    assert parse(["--config", str(REPO / "configs" / "demo.yaml")]) == parse([])
+def test_demo_config_is_the_defaults_but_for_the_batch_and_epochs_its_numbers_were_measured_with():
+    assert parse(["--config", str(REPO / "configs" / "demo.yaml")]) == parse(["--batch-size", "64", "--epochs", "15"])
 
 
 def test_config_differences_fill_missing_keys_with_defaults_and_ignore_logging():

@@ -365,7 +365,7 @@ def test_freeze_epochs_needs_pretrained_weights():
     with pytest.raises(UserError, match="freeze_epochs needs pretrained"):
         config_from_dict({"freeze_epochs": 2}, TrainConfig).validate()
     with pytest.raises(UserError, match="must be <"):
-        config_from_dict({"freeze_epochs": 15, "pretrained": "x.pt"}, TrainConfig).validate()
+        config_from_dict({"freeze_epochs": 15, "epochs": 15, "pretrained": "x.pt"}, TrainConfig).validate()
 
 
 @pytest.mark.slow
