@@ -382,7 +382,6 @@ def test_bad_input_fails_in_one_line_before_anything_is_written(comp, tmp_path):
         assert not out.exists()
 
 
-
 @pytest.mark.slow
 def test_sigterm_ends_pretraining_like_ctrl_c_and_resume_finishes(comp, tmp_path):
     args = ["train", "--data-dir", str(comp), "--out-dir", str(tmp_path / "pre"), "--epochs", "40", "--batch-size",
