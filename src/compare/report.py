@@ -1,9 +1,11 @@
 """ablate.py's results: score every finished fold model of every arm, compare each arm with the baseline
 on matched (fold, seed) pairs, and write reports/<name>.md, .csv, _runs.csv and .png.
 
-Per fold model: its metric on its own validation rows (the OOF metric) and, where the competition
-folder has a solution.csv (the demo), its own public/private leaderboard score. Per seed: the fold
-ensemble's leaderboard score and the pooled OOF metric.
+Per fold model: its metric on its own validation rows (the OOF metric) with its final weights (`oof`: nothing
+was chosen on those rows, so this is what the verdicts judge) and with best.pt's (`oof_best`: optimistic, its
+epoch was picked on them, shown for reference), and, where the competition folder has a solution.csv (the demo),
+its own public/private leaderboard score (best.pt, as infer.py submits). Per seed: the fold ensemble's
+leaderboard score and the pooled OOF metric.
 """
 from __future__ import annotations
 
@@ -30,18 +32,20 @@ ENSEMBLE = "ensemble"
 
 
 def weights_stamp(exp_dir: Path, folds: list[int]) -> str:
-    """Changes whenever a fold's best.pt is rewritten, so cached scores are never stale."""
-    stats = [(exp_dir / f"fold{k}" / "best.pt").stat() for k in folds]
-    parts = [f"{k}:{st.st_size}:{st.st_mtime_ns}" for k, st in zip(folds, stats)]
+    """Changes whenever a fold's best.pt or last.pt is rewritten, so cached scores are never stale."""
+    stats = [(k, (exp_dir / f"fold{k}" / name).stat()) for k in folds for name in ("best.pt", "last.pt")]
+    parts = [f"{k}:{st.st_size}:{st.st_mtime_ns}" for k, st in stats]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: str, quiet: bool) -> pd.DataFrame:
     """One row per fold model (fold, oof, public, private) and an 'ensemble' row (pooled OOF, the fold
     ensemble's leaderboard); public/private only where the data folder has a solution.csv."""
-    p = Predictor.load(exp_dir, device=device, tta=tta, folds=folds)
+    p = Predictor.load(exp_dir, device=device, tta=tta, folds=folds)  # best.pt: what infer.py submits
+    final = Predictor.load(exp_dir, device=device, tta=tta, folds=folds, weights="final")
     data = load_oof_data([p], quiet)
-    oof = np.mean(list(oof_by_view(p, data, p.views, quiet, all_folds=False).values()), axis=0)
+    oof_best, oof = (np.mean(list(oof_by_view(q, data, q.views, quiet, all_folds=False).values()), axis=0)
+                     for q in (p, final))
     data_dir = Path(p.cfg.data_dir)
     sample_path, solution_path = data_dir / "sample_submission.csv", data_dir / "solution.csv"
     has_lb = sample_path.is_file() and solution_path.is_file()
@@ -60,9 +64,10 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
     for i, fm in enumerate(p.folds):
         idx = np.flatnonzero(data.fold_of == fm.fold)
         rows.append({"fold": str(fm.fold), "oof": score(data.y[idx], oof[idx]),
-                     **(leaderboard(per_fold_test[i]) if has_lb else {})})
+                     "oof_best": score(data.y[idx], oof_best[idx]), **(leaderboard(per_fold_test[i]) if has_lb else {})})
     scored = np.isin(data.fold_of, folds)
     rows.append({"fold": ENSEMBLE, "oof": score(data.y[scored], oof[scored]),
+                 "oof_best": score(data.y[scored], oof_best[scored]),
                  **(leaderboard(per_fold_test.mean(axis=0)) if has_lb else {})})
     return pd.DataFrame(rows).assign(views="+".join(p.views))
 
@@ -74,7 +79,7 @@ def cached_scores(spec: AblationSpec, run: Run, folds: list[int], tta: str, devi
     path = Path(spec.report_dir) / spec.name / "scores" / f"{run.exp}__tta-{tta}__{spec.metric}.csv"
     if path.is_file():
         cached = pd.read_csv(path, dtype={"fold": str, "stamp": str})
-        if len(cached) and (cached["stamp"] == stamp).all():
+        if len(cached) and (cached["stamp"] == stamp).all() and "oof_best" in cached:
             return cached.drop(columns="stamp")
     frame = score_run(exp_dir, folds, tta, spec.metric, device, quiet)
     write_csv(path, frame.assign(stamp=stamp))
@@ -128,6 +133,8 @@ def summarize(spec: AblationSpec, results: pd.DataFrame) -> pd.DataFrame:
                    "differs": "(baseline)" if arm.name == spec.baseline else differs,
                    "runs_done": int(folds["oof"].notna().sum()), "runs_expected": len(folds),
                    "oof_mean": folds["oof"].mean(), "oof_std": folds["oof"].std(ddof=1)}  # over (fold, seed)
+            if "oof_best" in folds:
+                row.update({"oof_best_mean": folds["oof_best"].mean(), "oof_best_std": folds["oof_best"].std(ddof=1)})
             columns = ["oof"] + (["private"] if has_lb else [])
             if has_lb:
                 ens = mine[mine["fold"] == ENSEMBLE]["private"]
@@ -173,6 +180,8 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
     lines = [f"# Ablation: {spec.name}", "",
              f"Status: {status}. Baseline arm: `{spec.baseline}`. "
              f"metric {spec.metric}; default TTA `{spec.tta}`; common train.py flags `{spec.train or '(none)'}`.",
+             "OOF scores and their verdicts use each fold's final weights (nothing was chosen on its validation "
+             "rows); best.pt's OOF, whose epoch was picked on those rows, is shown for reference only (optimistic).",
              f"Differences are arm − baseline in percentage points, paired over (fold, seed), with a 95 % {method}. "
              "Folds share training rows, so the pairs are not fully independent and the intervals lean optimistic. "
              "Verdict: helps / hurts when the whole interval is above / below 0, else no evidence; with fewer "
@@ -186,10 +195,13 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
         table = pd.DataFrame({
             "arm": part["arm"], "differs": part["differs"].map(lambda s: f"`{s}`"),
             "runs": [f"{d}/{e}" for d, e in zip(part["runs_done"], part["runs_expected"])],
-            f"OOF {spec.metric}": [_mean_std(m, s) for m, s in zip(part["oof_mean"], part["oof_std"])],
+            f"OOF {spec.metric}, final weights": [_mean_std(m, s) for m, s in zip(part["oof_mean"], part["oof_std"])],
             "Δ OOF [95% CI]": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" if np.isfinite(d) else ""
                                for d, lo, hi in zip(part["oof_diff"], part["oof_low"], part["oof_high"])],
             "verdict (OOF)": part["oof_verdict"]})
+        if "oof_best_mean" in part:
+            table.insert(4, "OOF, best.pt (optimistic)", [_mean_std(m, s) for m, s in
+                                                          zip(part["oof_best_mean"], part["oof_best_std"])])
         if has_lb:
             table["private LB, per fold model"] = [_mean_std(m, s) for m, s in
                                                    zip(part["private_mean"], part["private_std"])]
@@ -233,7 +245,7 @@ def plot_report(path: Path, spec: AblationSpec, summary: pd.DataFrame, results: 
             ax.set_xlim(-0.6, len(arms) - 0.4)
             ax.grid(alpha=0.3)
         top.set_title(regime, fontsize=10)
-        top.set_ylabel(f"OOF {spec.metric}")
+        top.set_ylabel(f"OOF {spec.metric} (final weights)")
         bottom.set_ylabel(f"Δ vs {spec.baseline}, pp (95% CI)")
     fig.tight_layout()
     save_figure(path, fig)

@@ -14,13 +14,18 @@ from src.core.atomic import write_csv, write_text
 from src.core.config import config_differences
 from src.core.errors import UserError
 from src.core.metrics import METRICS, compute_metrics, metric_mode
-from src.core.rundir import fold_finished, read_oof
+from src.core.rundir import OOF_BEST, OOF_FINAL, fold_finished, read_oof
 from src.core.tables import markdown_table
 from src.train.config import TrainConfig
+from src.train.oof_summary import cv_epoch
 
 # Where a run was written or how fast it ran, not what it learned: left out of "changes".
 NOT_SETTINGS = ("exp", "runs_dir", "device", "threads", "num_workers")
 LB_SUFFIX = "_lb.json"
+RUN_TABLE_NOTE = ("OOF of the final weights: nothing was chosen on those rows. best.pt's OOF is optimistic: each "
+                  "fold's epoch was picked on the rows it is scored on. cv_epochs: the epoch count with the best "
+                  "mean validation curve over the folds (`train.py --epochs N`). holdout: infer.py's score on the "
+                  "fold file's holdout rows (make_folds.py --holdout), which no fold trained, selected or tuned on.")
 
 
 def fold_records(exp: Path) -> dict[int, dict]:
@@ -62,39 +67,62 @@ def read_leaderboards(submissions_dir: Path) -> dict[str, dict]:
     return out
 
 
+def fold_scores(folder: Path, classes: list[str], metric: str) -> dict[str, float]:
+    """A finished fold's `metric` from its final weights (oof_final.csv, when written) and its best.pt (oof.csv)."""
+    out = {}
+    for weights, name in (("final", OOF_FINAL), ("best", OOF_BEST)):
+        if (folder / name).is_file():
+            y, probs, _ = read_oof(folder / name, classes)
+            out[weights] = compute_metrics(y, probs).get(metric, np.nan)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return (float(np.mean(values)) if values else np.nan, float(np.std(values, ddof=1)) if len(values) > 1 else np.nan)
+
+
 def experiment_row(exp: Path, metric: str, leaderboards: dict) -> dict | None:
-    """One row of the run table, or None when `exp` holds no fold run."""
+    """One row of the run table, or None when `exp` holds no fold run. The final weights' OOF score is the
+    unbiased one; best.pt's is optimistic (each fold's epoch was picked on its validation rows)."""
     records = fold_records(exp)
     if not records:
         return None
     first = records[min(records)]
     config, classes = first["config"], first["classes"]
     mixed = any(config_differences(r["config"], config, TrainConfig) for r in records.values())
-    scores, seconds, dates = [], 0.0, []
+    scores, seconds, dates, logs = {"final": [], "best": []}, 0.0, [], []
     for k in records:
-        folder = exp / f"fold{k}"
+        folder, log = exp / f"fold{k}", None
         if (folder / "log.csv").is_file():
             log = pd.read_csv(folder / "log.csv")
             seconds += float(log["seconds"].sum()) if "seconds" in log else 0.0
             dates.append((folder / "log.csv").stat().st_mtime)
         if fold_finished(folder):
-            y, probs, _ = read_oof(folder / "oof.csv", classes)
-            scores.append(compute_metrics(y, probs).get(metric, np.nan))
+            for weights, value in fold_scores(folder, classes, metric).items():
+                scores[weights].append(value)
+            logs += [] if log is None else [log]
+    if len(scores["final"]) != len(scores["best"]):  # some folds from before oof_final.csv: no mixed mean
+        scores["final"] = []
+    monitor = config.get("monitor", "accuracy")
+    mode = config.get("monitor_mode", "auto")
+    cv = cv_epoch(logs, monitor, metric_mode(monitor) if mode == "auto" else mode) if logs else None
     changes = settings_changed(config)
     lb = leaderboards.get(exp.name, {})
+    (final, final_std), (best, best_std) = mean_std(scores["final"]), mean_std(scores["best"])
     return {
         "exp": exp.name, "model": config.get("model", "?"),
         "changes": " ".join(f"{k}={short(v)}" for k, v in changes.items() if k != "model") or "(defaults)",
-        "folds": f"{len(scores)}/{first.get('n_folds', '?')}",
-        f"oof_{metric}": float(np.mean(scores)) if scores else np.nan,
-        f"oof_{metric}_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else np.nan,
-        "public": lb.get("public", np.nan), "private": lb.get("private", np.nan),
+        "folds": f"{len(scores['best'])}/{first.get('n_folds', '?')}",
+        f"oof_{metric}": final, f"oof_{metric}_std": final_std, f"oof_{metric}_best": best,
+        f"oof_{metric}_best_std": best_std, "cv_epochs": cv.epochs if cv else np.nan,
+        "holdout": lb.get("holdout", np.nan), "public": lb.get("public", np.nan), "private": lb.get("private", np.nan),
         "train_minutes": seconds / 60, "last_epoch_at": datetime.fromtimestamp(max(dates)).strftime("%Y-%m-%d %H:%M")
         if dates else "", "note": "folds trained with different configs" if mixed else ""}
 
 
 def run_table(runs_dir: str | Path, metric: str, submissions_dir: str | Path) -> pd.DataFrame:
-    """Every experiment under `runs_dir`, best OOF first (experiments without a finished fold last)."""
+    """Every experiment under `runs_dir`, best final-weights OOF first (then best.pt's, for runs from before
+    oof_final.csv; experiments without a finished fold last)."""
     if metric not in METRICS:
         raise UserError(f"--metric {metric}: choose from {', '.join(METRICS)}")
     root = Path(runs_dir)
@@ -106,18 +134,24 @@ def run_table(runs_dir: str | Path, metric: str, submissions_dir: str | Path) ->
     if not rows:
         raise UserError(f"{root}: no experiments (folders with fold*/config.json) yet")
     frame = pd.DataFrame(rows)
-    return frame.sort_values(f"oof_{metric}", ascending=metric_mode(metric) == "min", na_position="last",
-                             kind="stable").reset_index(drop=True)
+    key = frame[f"oof_{metric}"].fillna(frame[f"oof_{metric}_best"])
+    order = key.sort_values(ascending=metric_mode(metric) == "min", na_position="last", kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
 
 
 def table_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The table as strings: OOF as mean ± std, empty cells for what is not there."""
+    """The table as strings: OOF as mean ± std over folds, empty cells for what is not there."""
     out = frame.copy()
-    mean, std = out.pop(f"oof_{metric}"), out.pop(f"oof_{metric}_std")
-    out.insert(4, f"OOF {metric}", [("" if np.isnan(m) else f"{m:.4f}") + ("" if np.isnan(s) else f" ± {s:.4f}")
-                                    for m, s in zip(mean, std)])
-    for col in ("public", "private"):
+    for column, label in ((f"oof_{metric}_best", f"OOF {metric}, best.pt (optimistic)"),
+                          (f"oof_{metric}", f"OOF {metric}, final weights")):
+        mean, std = out.pop(column), out.pop(f"{column}_std")
+        out.insert(4, label, [("" if np.isnan(m) else f"{m:.4f}") + ("" if np.isnan(s) else f" ± {s:.4f}")
+                              for m, s in zip(mean, std)])
+    out["cv_epochs"] = ["" if pd.isna(v) else str(int(v)) for v in out["cv_epochs"]]
+    for col in ("holdout", "public", "private"):
         out[col] = ["" if pd.isna(v) else f"{v:.4f}" for v in out[col]]
+    if not (out["holdout"] != "").any():
+        out = out.drop(columns="holdout")
     out["train_minutes"] = [f"{v:.1f}" for v in out["train_minutes"]]
     if not out["note"].astype(bool).any():
         out = out.drop(columns="note")
@@ -128,7 +162,8 @@ def write_run_table(frame: pd.DataFrame, metric: str, out: Path) -> tuple[Path, 
     """<out>.csv (numbers) and <out>.md (the table as printed)."""
     md = out.with_suffix(".md")
     write_csv(out.with_suffix(".csv"), frame)
-    write_text(md, f"# Runs, by OOF {metric}\n\n{markdown_table(table_text(frame, metric))}\n")
+    write_text(md, f"# Runs, by OOF {metric} of the final weights\n\n{RUN_TABLE_NOTE}\n\n"
+                   f"{markdown_table(table_text(frame, metric))}\n")
     return out.with_suffix(".csv"), md
 
 

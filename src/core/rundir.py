@@ -95,13 +95,16 @@ def prob_columns(classes: list[str]) -> list[str]:
     return [f"prob_{c}" for c in classes]
 
 
+OOF_BEST, OOF_FINAL = "oof.csv", "oof_final.csv"  # best.pt's predictions; the last epoch's weights'
+
+
 def write_oof(run_dir: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str],
-              fold: int) -> None:
-    """oof.csv: id, true label, fold, predicted label, one probability column per class."""
+              fold: int, name: str = OOF_BEST) -> None:
+    """oof.csv (or `name`): id, true label, fold, predicted label, one probability column per class."""
     frame = pd.DataFrame({"id": ids, "label": [classes[i] for i in labels], "fold": fold,
                           "pred": [classes[i] for i in probs.argmax(1)]})
     frame = pd.concat([frame, pd.DataFrame(probs, columns=prob_columns(classes))], axis=1)
-    write_csv(run_dir / "oof.csv", frame)
+    write_csv(run_dir / name, frame)
 
 
 def oof_arrays(frame: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

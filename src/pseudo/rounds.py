@@ -24,6 +24,7 @@ from src.infer.predictor import Predictor
 from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
 from src.train.config import TrainConfig
 from src.train.cv import train_folds
+from src.train.oof_summary import pooled_score
 
 
 @dataclass
@@ -99,11 +100,6 @@ def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: P
     return pd.concat(tables)
 
 
-def pooled_oof(exp: Path) -> float:
-    summary = pd.read_csv(exp / "oof_summary.csv", dtype={"fold": str})
-    return float(summary.loc[summary["fold"] == "all (pooled OOF)", "accuracy"].iloc[0])
-
-
 def leaderboard(name: str, opt: PseudoOptions) -> dict:
     return make_submission(InferOptions(exps=[name], runs_dir=opt.runs_dir, tta=opt.tta, name=name,
                                         out_dir=opt.submissions_dir, device=opt.device, quiet=opt.quiet))
@@ -131,7 +127,7 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
     print(f"pseudo-labelling {len(ids)} images from {', '.join(sorted({i.split('/')[0] for i in ids}))}"
           f"{' (test images: transductive, recorded in each run config)' if opt.use_test else ''}")
     rows = [{"round": 0, "exp": opt.exp, "selected_per_fold": 0, "pseudo_accuracy": np.nan,
-             "oof_accuracy": pooled_oof(base), **leaderboard(opt.exp, opt)}]
+             "oof_accuracy_final": pooled_score(base, "accuracy", strict=False), **leaderboard(opt.exp, opt)}]
     per_class = []
     for r in range(1, opt.rounds + 1):
         name = f"{prefix}-pl{r}"
@@ -144,7 +140,7 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
         overall = table[table["class"] == "all"]
         rows.append({"round": r, "exp": name, "selected_per_fold": float(overall["selected"].mean()),
                      "pseudo_accuracy": float(overall["accuracy"].mean()) if "accuracy" in overall else np.nan,
-                     "oof_accuracy": pooled_oof(exp_dir(opt.runs_dir, name)), **leaderboard(name, opt)})
+                     "oof_accuracy_final": pooled_score(exp_dir(opt.runs_dir, name), "accuracy"), **leaderboard(name, opt)})
         print(markdown_table(pd.DataFrame(rows)))
         predictor = Predictor.load(exp_dir(opt.runs_dir, name), device=opt.device, tta=opt.tta, weights="final")
     report = pd.DataFrame(rows)
@@ -164,5 +160,6 @@ def write_report(opt: PseudoOptions, report: pd.DataFrame, per_class: pd.DataFra
             f"{opt.balanced}, {'soft' if opt.soft else 'hard'} labels, "
             f"images from {opt.unlabeled_dir}{' and ' + opt.test_dir if opt.use_test else ''}; pseudo-labels per "
             f"fold from that fold's own model; selected and accuracy are means over folds.", "",
+            "oof_accuracy_final: the pooled OOF accuracy of each round's final weights (nothing chosen on those rows).", "",
             markdown_table(report), "", "## Per class (mean over folds)", "", markdown_table(mean_per_class, 3), ""]
     write_text(folder / f"pseudo_{prefix}.md", "\n".join(text))

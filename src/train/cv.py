@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.atomic import check_writable, write_csv, write_text
-from src.core.config import config_differences, config_to_dict
+from src.core.atomic import check_writable, write_csv
+from src.core.config import config_to_dict
 from src.core.errors import UserError
 from src.core.interrupts import raise_interrupt
-from src.core.metrics import compute_metrics, metric_names
+from src.core.metrics import metric_mode, metric_names
 from src.core.repro import REPO, git_commit, package_versions
-from src.core.rundir import exp_dir, fold_dir, oof_arrays, read_oof, write_json
-from src.core.tables import markdown_table
+from src.core.rundir import OOF_BEST, exp_dir, fold_dir, oof_arrays, read_oof, write_json
 from src.data.cache import cached_images, default_cache_dir
 from src.data.contract import LabelTable, data_fingerprint, read_train_table
 from src.data.extra_rows import (
@@ -39,6 +38,7 @@ from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
 from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
 from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
+from src.train.oof_summary import counted_folds, summarize_oof, summary_text
 
 
 def run_dir_action(run_dir: Path, resume: bool, overwrite: bool) -> str:
@@ -186,7 +186,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
         trainer.fit(quiet, on_epoch)
         results.append(trainer.write_oof())
     if rt.dist.is_main:
-        report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, config_to_dict(cfg), info["fingerprint"])
+        report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, cfg, info["fingerprint"])
     return results
 
 
@@ -203,52 +203,16 @@ def pretrained_stats(hub: HubWeights, in_chans: int) -> tuple[list[float], list[
     return hub.mean, hub.std
 
 
-def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, config: dict, fingerprint: dict) -> None:
-    """oof_summary (printed), the confusion matrix, per-class metrics and the most confidently wrong OOF images,
-    over every fold of this experiment trained with this config."""
-    folds = counted_oof(exp, table.classes, config, fingerprint)
-    summary = summarize_oof(exp, table.classes, folds)
-    oof = pd.concat([frame for _, frame in folds], ignore_index=True)
+def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, cfg: TrainConfig, fingerprint: dict) -> None:
+    """oof_summary (printed: the final weights' and the selected checkpoint's scores, and the CV epoch), the
+    confusion matrix, per-class metrics and the most confidently wrong OOF images (of best.pt, which infer.py
+    submits), over every fold of this experiment trained with this config."""
+    folds = counted_folds(exp, config_to_dict(cfg), fingerprint)
+    mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
+    summary, cv = summarize_oof(exp, table.classes, folds, cfg.monitor, mode)
+    oof = pd.concat([read_oof(exp / f"fold{k}" / OOF_BEST, table.classes)[2] for k in folds], ignore_index=True)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
     write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,
                       RowView(images, [row_of[i] for i in oof["id"]]))
     print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
-          f"{markdown_table(summary)}")
-
-
-def counted_oof(exp: Path, classes: list[str], config: dict, fingerprint: dict) -> list[tuple[str, pd.DataFrame]]:
-    """(fold, oof.csv frame) for the folds trained with this config on this data; others (an older run) are
-    named and skipped."""
-    out = []
-    for path in sorted(exp.glob("fold*/oof.csv"), key=lambda p: int(p.parent.name[4:])):
-        record = json.loads((path.parent / "config.json").read_text())
-        changed = config_differences(record.get("config", {}), config, TrainConfig)
-        if changed or record.get("fingerprint") != fingerprint:
-            print(f"OOF summary: skipping {path.parent.name} (trained with another config or data)")
-            continue
-        out.append((path.parent.name[4:], read_oof(path, classes)[2]))
-    if not out:
-        raise UserError(f"{exp}: no fold*/oof.csv yet; train a fold first")
-    return out
-
-
-
-def summarize_oof(exp: Path, classes: list[str], folds: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Per-fold and overall OOF metrics (plus mean ± std over folds) of `counted_oof`'s folds; saved as CSV
-    and Markdown."""
-    rows, all_y, all_p = [], [], []
-    for fold, frame in folds:
-        y, probs = oof_arrays(frame, classes)
-        rows.append({"fold": fold, "n": len(y), **compute_metrics(y, probs)})
-        all_y.append(y)
-        all_p.append(probs)
-    table = pd.DataFrame(rows)
-    metric_cols = [c for c in table.columns if c not in ("fold", "n")]
-    y, probs = np.concatenate(all_y), np.concatenate(all_p)
-    extra = [{"fold": "mean", "n": int(table["n"].sum()), **table[metric_cols].mean().to_dict()},
-             {"fold": "std", "n": int(table["n"].sum()), **table[metric_cols].std(ddof=1).to_dict()},
-             {"fold": "all (pooled OOF)", "n": len(y), **compute_metrics(y, probs)}]
-    table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
-    write_csv(exp / "oof_summary.csv", table)
-    write_text(exp / "oof_summary.md", f"# OOF summary: {exp.name}\n\n{markdown_table(table)}\n")
-    return table
+          f"{summary_text(summary, cv, cfg.monitor)}")

@@ -17,7 +17,7 @@ from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
 from src.core.metrics import compute_metrics, metric_mode
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
-from src.core.rundir import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log, write_oof
+from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
 from src.data.augment import build_batch_augment, build_transforms
 from src.data.images import ImageSpec
 from src.data.rows import RowView
@@ -338,12 +338,17 @@ class FoldTrainer:
                 f"{metrics} {row['seconds']:.1f}s {row['images_per_s']:.0f} img/s{mark}")
 
     def write_oof(self) -> dict:
-        """Predict the validation rows with best.pt's weights; returns the fold's metrics."""
+        """Predict the validation rows with the final weights (oof_final.csv: nothing was chosen on these rows)
+        and with best.pt's (oof.csv: its epoch was chosen on them, so its score is optimistic); returns the
+        fold's metrics for both, the final ones prefixed final_."""
         barrier(self.dist)  # rank 0 has written best.pt
+        final = self.predict_val()  # eval_model still holds the last epoch's weights (EMA when kept)
         best = load_checkpoint(self.run_dir / "best.pt")
         self.eval_model.load_state_dict(best["model"])
         probs = self.predict_val()
         if self.dist.is_main:
+            write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, final, self.info.classes, self.fold,
+                      OOF_FINAL)
             write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, probs, self.info.classes, self.fold)
             board = EpochBoard(self.run_dir, self.cfg.tensorboard)
             if board.writer is not None:
@@ -352,4 +357,6 @@ class FoldTrainer:
                 board.figure("val/confusion_matrix_best", fig, best["epoch"])
                 plt.close(fig)
             board.close()
-        return {"fold": self.fold, "best_epoch": best["epoch"], **compute_metrics(self.data.val_labels, probs)}
+        final_metrics = compute_metrics(self.data.val_labels, final)
+        return {"fold": self.fold, "best_epoch": best["epoch"], "final_epoch": self.epoch - 1,
+                **compute_metrics(self.data.val_labels, probs), **{f"final_{k}": v for k, v in final_metrics.items()}}

@@ -178,6 +178,9 @@ def test_report_has_every_arm_with_paired_differences(ablation):
     assert len(runs[runs["fold"] != "ensemble"]) == 6 and runs["private"].between(0, 1).all()
     text = (root / "reports" / "tiny.md").read_text()
     assert "Status: complete" in text and "Student t interval" in text and "**no-aug** vs real" in text
+    # Verdicts on the final weights' OOF; best.pt's (chosen on the same rows) only beside it, marked.
+    assert "OOF accuracy, final weights" in text and "OOF, best.pt (optimistic)" in text
+    assert runs["oof"].between(0, 1).all() and runs["oof_best"].between(0, 1).all()
     assert (root / "reports" / "tiny.png").stat().st_size > 0
     assert proc.stdout.count("trained abl-tiny-") == 2  # the TTA arm reused the real arm's models
     tta = runs[(runs["arm"] == "tta") & (runs["fold"] != "ensemble")]

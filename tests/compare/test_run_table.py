@@ -25,13 +25,15 @@ def fake_run(runs, exp, folds_done, correct, n_folds=2, **changes):
         run.mkdir(parents=True)
         write_json(run / "config.json", {"config": config, "classes": CLASSES, "n_folds": n_folds,
                                          "folds_csv": "folds/x.csv", "git_commit": "abc"})
-        pd.DataFrame({"epoch": [0, 1], "seconds": [30.0, 30.0]}).to_csv(run / "log.csv", index=False)
+        pd.DataFrame({"epoch": [0, 1, 2], "seconds": [20.0, 20.0, 20.0],
+                      "val_accuracy": [0.5, 1.0, correct / 4]}).to_csv(run / "log.csv", index=False)
         if k < folds_done:
             (run / "best.pt").write_bytes(b"x")
             y = np.array([0, 1, 0, 1])
             probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+            write_oof(run, [f"{exp}{k}_{i}" for i in range(4)], y, probs, CLASSES, k)  # best.pt: all right
             probs[correct:] = probs[correct:, ::-1]
-            write_oof(run, [f"{exp}{k}_{i}" for i in range(4)], y, probs, CLASSES, k)
+            write_oof(run, [f"{exp}{k}_{i}" for i in range(4)], y, probs, CLASSES, k, "oof_final.csv")
 
 
 def test_table_sorts_by_oof_shows_changes_folds_and_the_newest_single_experiment_lb(tmp_path):
@@ -49,9 +51,12 @@ def test_table_sorts_by_oof_shows_changes_folds_and_the_newest_single_experiment
     assert strong["changes"] == "augment=heavy" and strong["folds"] == "2/2"  # device is not a setting
     assert strong["oof_accuracy"] == 1.0 and strong["private"] == 0.8 and strong["train_minutes"] == 2.0
     assert frame.iloc[1]["folds"] == "1/2" and np.isnan(frame.iloc[1]["oof_accuracy_std"])
+    # Sorted and shown by the final weights' OOF; best.pt's (all right in every fake run) beside it, marked.
     assert frame.iloc[2]["changes"] == "lr=0.01" and frame.iloc[2]["oof_accuracy"] == 0.5
+    assert frame.iloc[2]["oof_accuracy_best"] == 1.0 and frame.iloc[2]["cv_epochs"] == 2
     text = table_text(frame, "accuracy")
-    assert text.iloc[0]["OOF accuracy"] == "1.0000 ± 0.0000" and text.iloc[2]["public"] == ""
+    assert text.iloc[0]["OOF accuracy, final weights"] == "1.0000 ± 0.0000" and text.iloc[2]["public"] == ""
+    assert text.iloc[2]["OOF accuracy, best.pt (optimistic)"] == "1.0000 ± 0.0000"
     by_loss = run_table(runs, "log_loss", subs)  # lower is better
     assert by_loss["oof_log_loss"].is_monotonic_increasing
 

@@ -89,7 +89,7 @@ def test_a_model_that_cannot_take_the_input_size_fails_before_training(tmp_path)
 
 def test_oof_summary_skips_folds_from_another_config(tmp_path):
     from src.core.rundir import write_json
-    from src.train.cv import counted_oof, summarize_oof
+    from src.train.oof_summary import counted_folds, summarize_oof
     classes = ["neg", "pos"]
     for k, lr in ((0, 0.1), (1, 0.1), (2, 0.5)):
         run = tmp_path / f"fold{k}"
@@ -97,8 +97,42 @@ def test_oof_summary_skips_folds_from_another_config(tmp_path):
         write_json(run / "config.json", {"config": {"lr": lr}, "fingerprint": {"d": 1}})
         probs = np.array([[0.9, 0.1], [0.2, 0.8]])
         write_oof(run, [f"a{k}", f"b{k}"], np.array([0, 1]), probs, classes, k)
-    table = summarize_oof(tmp_path, classes, counted_oof(tmp_path, classes, {"lr": 0.1}, {"d": 1}))
-    assert list(table["fold"][:2]) == ["0", "1"] and table["n"].iloc[-1] == 4
+    folds = counted_folds(tmp_path, {"lr": 0.1}, {"d": 1})
+    table, cv = summarize_oof(tmp_path, classes, folds, "accuracy", "max")
+    assert folds == [0, 1] and list(table["fold"][:2]) == ["0", "1"] and table["n"].iloc[-1] == 4
+    # No oof_final.csv (a run from before it existed): only the selected block, and the summary says why.
+    assert set(table["weights"]) == {"best"} and cv is None
+    assert "have no oof_final.csv" in (tmp_path / "oof_summary.md").read_text()
+
+
+def test_the_final_weights_oof_is_the_last_epoch_and_the_selected_one_the_best_epoch(tmp_path):
+    import pandas as pd
+    from src.core.rundir import read_oof
+    trainer = make_trainer(tmp_path, epochs=4, ema_decay=0)
+    trainer.data.val_labels = 1 - trainer.data.val_labels  # the better it learns, the worse it validates
+    trainer.fit(quiet=True)
+    result = trainer.write_oof()
+    log = pd.read_csv(tmp_path / "log.csv")
+    y, final, _ = read_oof(tmp_path / "oof_final.csv", ["neg", "pos"])
+    _, best, _ = read_oof(tmp_path / "oof.csv", ["neg", "pos"])
+    assert result["final_epoch"] == 3 and result["final_log_loss"] == pytest.approx(log["val_log_loss"].iloc[-1])
+    assert result["log_loss"] == pytest.approx(log["val_log_loss"].iloc[result["best_epoch"]])
+    assert result["accuracy"] == log["val_accuracy"].max() >= result["final_accuracy"]
+    assert (final.argmax(1) == y).mean() == result["final_accuracy"]
+    assert result["best_epoch"] < 3 and result["final_log_loss"] != result["log_loss"] and not np.allclose(final, best)
+
+
+def test_the_cv_epoch_is_the_best_epoch_of_the_mean_curve_over_the_epochs_every_fold_reached():
+    import pandas as pd
+    from src.train.oof_summary import cv_epoch
+    logs = [pd.DataFrame({"val_accuracy": [0.5, 0.9, 0.7, 0.99]}),  # fold 0 alone reaches epoch 3
+            pd.DataFrame({"val_accuracy": [0.6, 0.7, 0.9]}),
+            pd.DataFrame({"val_accuracy": [0.7, 0.8, 0.8]})]
+    cv = cv_epoch(logs, "accuracy", "max")
+    assert (cv.epochs, cv.folds) == (2, 3) and cv.value == pytest.approx(0.8) and cv.final_value == pytest.approx(0.8)
+    tie = cv_epoch([pd.DataFrame({"val_log_loss": [0.5, 0.3, 0.3, 0.4]})], "log_loss", "min")
+    assert tie.epochs == 2  # the earlier of two equal epochs: as good, and cheaper
+    assert cv_epoch([pd.DataFrame({"val_roc_auc": [float("nan")] * 2})], "roc_auc", "max") is None
 
 
 def test_a_corrupted_checkpoint_fails_its_checksum(tmp_path):

@@ -36,7 +36,7 @@ def test_train_writes_a_complete_run_directory(demo):
     assert "image cache: " in proc.stdout  # built or reused, with its path and size
     exp = demo["root"] / "runs" / "smoke"
     run = exp / "fold0"
-    for name in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv"):
+    for name in ("config.json", "log.csv", "curves.png", "best.pt", "last.pt", "oof.csv", "oof_final.csv"):
         assert (run / name).is_file(), name
     assert len(pd.read_csv(run / "log.csv")) == 2
     oof = pd.read_csv(run / "oof.csv", dtype={"label": str})
@@ -45,10 +45,13 @@ def test_train_writes_a_complete_run_directory(demo):
     assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "image"])
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["classes"] == [str(i) for i in range(10)] and best["config"]["epochs"] == 2
-    summary = pd.read_csv(exp / "oof_summary.csv")
-    assert list(summary["fold"].astype(str)[:2]) == ["0", "1"] and "accuracy" in summary
+    summary = pd.read_csv(exp / "oof_summary.csv", dtype={"fold": str})
+    assert list(summary["fold"][:2]) == ["0", "1"] and "accuracy" in summary
+    assert list(summary["weights"].drop_duplicates()) == ["final", "best"]  # the unbiased number first
     assert (exp / "oof_summary.md").read_text().startswith("# OOF summary")
-    assert "OOF summary" in proc.stdout
+    # Both pooled figures, each named for what it is, and the CV epoch train.py --epochs can reuse.
+    assert "OOF summary" in proc.stdout and "nothing was chosen on these rows" in proc.stdout
+    assert "optimistic" in proc.stdout and "CV-chosen epoch count" in proc.stdout
     for name in ("confusion.png", "per_class.md", "per_class.csv", "wrong.png", "wrong.csv"):
         assert (exp / name).is_file(), name
     assert len(pd.read_csv(exp / "per_class.csv")) == 10
