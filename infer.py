@@ -1,6 +1,8 @@
-"""Predict the test set with every fold (+ TTA), blend experiments, write and score a submission.
+"""Predict the test set with every fold (+ TTA), blend experiments, write and score a submission; with a holdout
+in the fold file (make_folds.py --holdout), predict and score it the same way.
 
     python infer.py --exp demo                      # submissions/demo.csv, public/private score
+    python infer.py --exp demo --holdout-only       # the holdout score alone, no submission
     python infer.py --exp e1 e2 --blend fitted      # blend two experiments with OOF-fitted weights
     python infer.py --exp demo --images a.png b.png # just predict some files
 """
@@ -9,7 +11,7 @@ import dataclasses
 from src.core.cli import build_parser, quiet_default, run_main
 from src.infer.pipeline import InferOptions, make_submission, predict_files
 
-CHOICES = {"blend": ["mean", "fitted"], "device": ["auto", "cpu", "cuda"]}
+CHOICES = {"blend": ["mean", "fitted"], "device": ["auto", "cpu", "cuda"], "weights": ["best", "final"]}
 HELP = {
     "runs_dir": "where the experiments are",
     "data_dir": "competition folder with test/ and sample_submission.csv (default: the experiment's)",
@@ -22,9 +24,11 @@ HELP = {
     "proba": "write per-class probabilities, not labels",
     "threshold": "binary tasks: probability of the second class from which it is predicted (a number, or "
                  "'eer' for the OOF equal-error-rate point)",
-    "name": "submission name (default: the experiment names joined by +)",
+    "name": "submission name (default: the experiment names joined by +, plus -holdout with --holdout-only)",
     "out_dir": "output folder",
     "device": "where the models run",
+    "weights": "each fold's best.pt (its epoch picked on the fold's validation rows) or its final weights",
+    "holdout_only": "score the fold file's holdout rows (make_folds.py --holdout) and write no submission",
 }
 
 
@@ -40,7 +44,8 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", default=quiet_default(), help="no progress bars")
     args = parser.parse_args()
     options = InferOptions(exps=args.exp, **{k: v for k, v in vars(args).items() if k not in ("exp", "images")})
-    options.name = options.name or "+".join(args.exp)
+    # --holdout-only writes no submission: its report must not replace the submission's of the same experiments.
+    options.name = options.name or "+".join(args.exp) + ("-holdout" if args.holdout_only else "")
     if args.images:
         predict_files(options, args.images)
     else:

@@ -52,7 +52,9 @@ def short(value) -> str:
 
 
 def read_leaderboards(submissions_dir: Path) -> dict[str, dict]:
-    """exp -> the newest single-experiment submission's scores, from infer.py's <name>_lb.json files."""
+    """exp -> the newest single-experiment scores from infer.py's <name>_lb.json files: public/private from the
+    newest submission that has them, the holdout score from the newest that has one (--holdout-only writes no
+    leaderboard score)."""
     out = {}
     for path in sorted(Path(submissions_dir).glob(f"*{LB_SUFFIX}")):
         try:
@@ -61,9 +63,13 @@ def read_leaderboards(submissions_dir: Path) -> dict[str, dict]:
             continue  # a hand-edited or foreign file must not break the table
         if len(record.get("experiments", [])) != 1:
             continue  # blends are not one experiment's score
-        exp = record["experiments"][0]
-        if exp not in out or record.get("written", "") > out[exp].get("written", ""):
-            out[exp] = {**record, "submission": path.name[:-len(LB_SUFFIX)]}
+        exp, written = record["experiments"][0], record.get("written", "")
+        mine = out.setdefault(exp, {})
+        for keys in (("public", "private"), ("holdout",)):
+            if any(record.get(k) is not None for k in keys) and written > mine.get(f"{keys[0]}_written", ""):
+                mine.update({k: record.get(k) for k in keys}, **{f"{keys[0]}_written": written})
+                if keys[0] == "public":
+                    mine["submission"] = path.name[:-len(LB_SUFFIX)]
     return out
 
 
@@ -115,7 +121,7 @@ def experiment_row(exp: Path, metric: str, leaderboards: dict) -> dict | None:
         "folds": f"{len(scores['best'])}/{first.get('n_folds', '?')}",
         f"oof_{metric}": final, f"oof_{metric}_std": final_std, f"oof_{metric}_best": best,
         f"oof_{metric}_best_std": best_std, "cv_epochs": cv.epochs if cv else np.nan,
-        "holdout": lb.get("holdout", np.nan), "public": lb.get("public", np.nan), "private": lb.get("private", np.nan),
+        **{k: np.nan if lb.get(k) is None else lb[k] for k in ("holdout", "public", "private")},
         "train_minutes": seconds / 60, "last_epoch_at": datetime.fromtimestamp(max(dates)).strftime("%Y-%m-%d %H:%M")
         if dates else "", "note": "folds trained with different configs" if mixed else ""}
 

@@ -17,15 +17,23 @@ from src.core.errors import UserError
 from src.data.images import IMAGE_EXTS, array_sha1
 
 
-@dataclass
+@dataclass(eq=False)
 class LabelTable:
-    """Labelled images: parallel lists of ids, file paths and class indices into `classes`."""
+    """Labelled images: parallel lists of ids, file paths and class indices into `classes`. `holdout` holds the
+    rows a fold file sets aside (src/data/holdout.py) once they have been taken out of this table."""
 
     ids: list[str]
     paths: list[Path]
     labels: np.ndarray
     classes: list[str]
     source: Path
+    holdout: LabelTable | None = None
+
+
+def subset(table: LabelTable, rows: np.ndarray) -> LabelTable:
+    """The given rows of a table, in that order (same classes and source)."""
+    return LabelTable([table.ids[i] for i in rows], [table.paths[i] for i in rows], table.labels[rows],
+                      table.classes, table.source)
 
 
 def sort_classes(names) -> list[str]:
@@ -135,8 +143,32 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def holdout_sha256(table: LabelTable) -> dict:
+    """{'holdout_sha256': ...} over the holdout's ids and labels when the table has one, else {} (so the records
+    of runs on fold files without a holdout stay as they were)."""
+    if table.holdout is None:
+        return {}
+    held = table.holdout
+    rows = sorted(f"{i}\t{held.classes[k]}" for i, k in zip(held.ids, held.labels))
+    return {"holdout_sha256": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
+
+
 def data_fingerprint(table: LabelTable, folds_path: Path, images: np.ndarray) -> dict:
     """Hashes that tell whether a resumed, summarised or predicted run sees the data it was trained on."""
     return {"train_csv_sha256": file_sha256(table.source) if table.source.is_file() else None,
             "folds_csv_sha256": file_sha256(folds_path),
-            "image_cache_sha1": array_sha1(images)}
+            "image_cache_sha1": array_sha1(images), **holdout_sha256(table)}
+
+
+def changed_data(recorded: dict, now: dict) -> list[str]:
+    """The fingerprint keys that differ between a run's record and the data now (a key only one side has
+    counts: a holdout added or dropped)."""
+    return [k for k in dict.fromkeys([*now, *recorded]) if recorded.get(k) != now.get(k)]
+
+
+def changed_data_text(changed: list[str]) -> str:
+    """What a list of changed fingerprint keys means, for an error message."""
+    if "holdout_sha256" in changed:
+        return ("the fold file's holdout rows changed since training (make_folds.py --holdout): the run may have "
+                "trained on rows that are now held out")
+    return f"{', '.join(changed)} differ"

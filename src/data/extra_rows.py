@@ -17,7 +17,7 @@ import pandas as pd
 
 from src.core.errors import UserError
 from src.core.rundir import prob_columns
-from src.data.contract import LabelTable, file_sha256, resolve_image_path
+from src.data.contract import LabelTable, changed_data_text, file_sha256, resolve_image_path
 from src.data.images import ImageSpec, decode_all, to_array
 
 META = "meta.json"
@@ -57,8 +57,8 @@ def read_fold_meta(folder: Path, fold: int, classes: list[str], fingerprint: dic
                         f"validation rows, so using it would leak them into training")
     changed = [k for k in SPLIT_KEYS if meta_split.get(k) != fingerprint.get(k)]
     if changed:
-        raise UserError(f"{folder}: made with another train.csv or fold file ({', '.join(changed)} differ); it may "
-                        f"carry this fold's validation labels; make it again for these folds")
+        raise UserError(f"{folder}: made with another train.csv or fold file ({changed_data_text(changed)}); it may "
+                        f"carry this fold's validation or holdout labels; make it again for these folds")
     if meta.get("classes") != classes:
         raise UserError(f"{folder}: class list {meta.get('classes')} differs from the data's {classes}")
     return meta
@@ -168,7 +168,7 @@ def resolve_pseudo_dir(path: str | Path, fold: int) -> Path:
 def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
                     fingerprint: dict) -> tuple[pd.DataFrame, list[Path], dict]:
     """A fold's pseudo-labels after the leak guard: (rows, their image paths, meta). Every id must be an
-    image inside data_dir that is not a labelled training image."""
+    image inside data_dir that is neither a labelled training image nor a holdout row."""
     meta = read_fold_meta(folder, fold, table.classes, fingerprint, "pseudo_label.py")
     path = folder / PSEUDO_CSV
     if not path.is_file():
@@ -181,6 +181,7 @@ def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}")
     labelled = {p.resolve() for p in table.paths}
+    held_out = {p.resolve() for p in (table.holdout.paths if table.holdout else [])}
     seen, paths = set(), []
     for i, (image_id, label) in enumerate(zip(frame["id"], frame["label"])):
         where = f"{path} line {i + 2}"
@@ -190,6 +191,9 @@ def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
         if image.resolve() in labelled:
             raise UserError(f"{where}: {image_id!r} is a labelled training image; pseudo-labels are only for "
                             f"unlabelled (or test) images")
+        if image.resolve() in held_out:
+            raise UserError(f"{where}: {image_id!r} is a holdout row of the fold file; no fold may train on it "
+                            f"(with any label), so leave it out of the pseudo-label pool")
         if image_id in seen:
             raise UserError(f"{where}: duplicate id {image_id!r}")
         seen.add(image_id)

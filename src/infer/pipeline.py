@@ -15,19 +15,29 @@ from src.core.errors import UserError
 from src.core.metrics import accuracy, eer_point, logloss
 from src.core.rundir import prob_columns, write_json
 from src.core.tables import markdown_table
-from src.data.contract import LabelTable, data_fingerprint, read_train_table, resolve_image_path
+from src.data.contract import (
+    LabelTable,
+    changed_data,
+    changed_data_text,
+    data_fingerprint,
+    read_train_table,
+    resolve_image_path,
+)
 from src.data.folds import read_folds
+from src.data.holdout import split_holdout
 from src.data.images import IMAGE_EXTS
 from src.data.rows import RowView
 from src.infer.ensemble import blend, fit_weights, nested_blend, nested_fit
+from src.infer.holdout import holdout_section, predict_holdout, write_holdout
 from src.infer.predictor import Predictor, parse_threshold
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
-from src.infer.tta import greedy_views
+from src.infer.tta import chosen_mean, greedy_views, with_identity
 
 
 @dataclass
 class OofData:
-    """The labelled rows all experiments were validated on, in fold-file order."""
+    """The labelled rows all experiments were validated on, in fold-file order; `table.holdout` holds the fold
+    file's holdout rows (None without), which no fold trained or validated on."""
 
     ids: list[str]
     y: np.ndarray
@@ -47,7 +57,7 @@ def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
     if table.classes != predictors[0].classes:
         raise UserError(f"{table.source}: classes changed since {predictors[0].exp_dir} was trained")
     folds_path = Path(predictors[0].folds_csv)
-    fold_of = read_folds(folds_path, table, cfg.id_col, cfg.label_col)
+    table, fold_of = split_holdout(table, read_folds(folds_path, table, cfg.id_col, cfg.label_col))
     return OofData(table.ids, table.labels, fold_of, table, folds_path)
 
 
@@ -56,12 +66,12 @@ def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_
     """Each fold model predicts its own validation rows under each view: {view: (N, classes)}. With
     all_folds=False `p` may hold only some folds; the other folds' rows stay zero."""
     images = p.cached(data.table.paths, quiet)
-    now = data_fingerprint(data.table, data.folds_path, images)
-    changed = [k for k, v in now.items() if p.fingerprint.get(k) != v]
+    changed = changed_data(p.fingerprint, data_fingerprint(data.table, data.folds_path, images))
     if changed or all_folds and int(data.fold_of.max()) + 1 != len(p.folds):
         # A changed fold file would score rows with a model that trained on them.
         raise UserError(f"{p.exp_dir}: train.csv, the fold file or the images changed since training "
-                        f"({', '.join(changed) or 'fold count'} differ); its OOF rows cannot be trusted")
+                        f"({changed_data_text(changed) if changed else 'fold count differs'}); its OOF and holdout "
+                        f"rows cannot be trusted")
     out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
     for fold in p.folds:
         rows = np.flatnonzero(data.fold_of == fold.fold)
@@ -143,6 +153,8 @@ class InferOptions:
     name: str = ""
     out_dir: str = "submissions"
     device: str = "auto"
+    weights: str = "best"
+    holdout_only: bool = False
     quiet: bool = True
 
 
@@ -151,7 +163,8 @@ def load_predictors(opt: InferOptions) -> list[Predictor]:
     threshold = parse_threshold(opt.threshold)
     threshold = None if threshold == "eer" else threshold  # set later, from the blended OOF probabilities
     tta = "auto" if opt.tta == "greedy" else opt.tta  # greedy picks from auto's views, on OOF rows
-    predictors = [Predictor.load(Path(opt.runs_dir) / e, opt.device, tta, threshold) for e in opt.exps]
+    predictors = [Predictor.load(Path(opt.runs_dir) / e, opt.device, tta, threshold, weights=opt.weights)
+                  for e in opt.exps]
     for p in predictors[1:]:
         if p.classes != predictors[0].classes:
             raise UserError(f"{p.exp_dir} has classes {p.classes}, {predictors[0].exp_dir} has "
@@ -177,8 +190,9 @@ def check_outputs(opt: InferOptions, sample: pd.DataFrame, sample_path: Path, cl
 
 
 def make_submission(opt: InferOptions) -> dict:
-    """The whole flow; returns the submission's leaderboard scores (empty without a solution file). A data
-    folder with neither a test folder nor a sample submission (cross-validation only) gets the OOF report."""
+    """The whole flow; returns the submission's leaderboard scores (empty without a solution file) and, when the
+    fold file has a holdout, its score (`holdout`). A data folder with neither a test folder nor a sample
+    submission (cross-validation only), or --holdout-only, gets the OOF report (and the holdout's) alone."""
     predictors = load_predictors(opt)
     lead = predictors[0]
     data_dir = Path(opt.data_dir or lead.cfg.data_dir)
@@ -186,34 +200,47 @@ def make_submission(opt: InferOptions) -> dict:
     if not data_dir.is_dir():  # a mistyped --data-dir must not pass for a cross-validation-only folder
         raise UserError(f"{data_dir}: data folder not found (set --data-dir)")
     cv_only = not sample_path.exists() and not (data_dir / opt.test_dir).exists()
-    if not cv_only:
+    if not (cv_only or opt.holdout_only):
         sample = read_sample(sample_path)
         paths = test_images(data_dir, opt.test_dir, sample, sample_path)
         solution = check_outputs(opt, sample, sample_path, lead.classes, solution_path)
     check_writable(opt.out_dir, "the submission")
     data = load_oof_data(predictors, opt.quiet)
+    held = data.table.holdout
+    if opt.holdout_only and held is None:
+        raise UserError(f"--holdout-only: {data.folds_path} has no holdout rows; make a fold file with "
+                        f"make_folds.py --holdout 0.2 and train on it (--folds-csv)")
     report, weights, blended_oof = oof_report(predictors, data, opt)
-    out = Path(opt.out_dir)
-    if cv_only:
+    out, result, holdout = Path(opt.out_dir), {}, None
+    if held is not None:
+        table, held_probs = predict_holdout(predictors, held, weights, opt.quiet)
+        section = holdout_section(table, held, opt.weights)
+        report.append(section)
+        holdout = (table, held_probs, section)
+        result["holdout"] = float(table["accuracy"].iloc[-1])
+    if cv_only or opt.holdout_only:
         report[0] = f"# OOF report {opt.name}\n"
-        report.append(f"No submission: {data_dir} has no {opt.test_dir}/ and no {opt.sample_csv} (a cross-validation "
-                      f"only folder); this report and {opt.name}_oof_probs.csv are all there is to write.\n")
+        why = "--holdout-only" if opt.holdout_only else (f"{data_dir} has no {opt.test_dir}/ and no {opt.sample_csv} "
+                                                          f"(a cross-validation only folder)")
+        report.append(f"No submission: {why}; this report and {opt.name}_oof_probs.csv are all there is to write.\n")
         write_oof_outputs(out, opt.name, data, blended_oof, lead.classes, report)
-        return {}
-    per_exp, line = predict_test(predictors, paths, opt.quiet)
-    report.append(line)
-    final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
-    frame = build_submission(sample, lead.classes, final, lead.labels_from_probs(final), opt.proba, sample_path)
-    result = {}
-    if solution is not None:
-        table = leaderboard_table(sample, solution, lead, per_exp[0], frame, opt.proba, solution_path)
-        report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
-        result = table.iloc[-1].to_dict()
-    write_outputs(out, opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
+    else:
+        per_exp, line = predict_test(predictors, paths, opt.quiet)
+        report.append(line)
+        final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
+        frame = build_submission(sample, lead.classes, final, lead.labels_from_probs(final), opt.proba, sample_path)
+        if solution is not None:
+            table = leaderboard_table(sample, solution, lead, per_exp[0], frame, opt.proba, solution_path)
+            report.append(f"## Local leaderboard ({solution_path})\n\n{markdown_table(table)}\n")
+            result.update(table.iloc[-1].to_dict())
+        write_outputs(out, opt.name, frame, sample, final, data, blended_oof, lead.classes, report)
+    if holdout is not None:
+        write_holdout(out, opt.name, held, holdout[1], lead.classes, predictors, holdout[0], holdout[2])
     if result:  # for the run table (runs.py)
         write_json(out / f"{opt.name}_lb.json", {
             "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
-            "metric": result["metric"], "public": result.get("public"), "private": result.get("private"),
+            "weights": opt.weights, "metric": result.get("metric", "accuracy"), "public": result.get("public"),
+            "private": result.get("private"), "holdout": result.get("holdout"),
             "written": datetime.now().isoformat(timespec="seconds")})
     return result
 
@@ -281,16 +308,6 @@ def leaderboard_table(sample: pd.DataFrame, solution: pd.DataFrame, p: Predictor
         rows.append({"predictions": f"{p.exp_dir.name}: {label}", **score_frame(frame, solution, source=source)})
     rows.append({"predictions": "submission", **score_frame(final, solution, source=source)})
     return pd.DataFrame(rows)
-
-
-def with_identity(views: list[str]) -> list[str]:
-    return list(dict.fromkeys(["identity"] + views))
-
-
-def chosen_mean(p: Predictor, views: np.ndarray) -> np.ndarray:
-    """Mean over folds and the predictor's chosen views of a (folds, with_identity(views), N, C) array."""
-    index = [with_identity(p.views).index(v) for v in p.views]
-    return views[:, index].mean(axis=(0, 1))
 
 
 def predict_files(opt: InferOptions, images: list[str]) -> pd.DataFrame:

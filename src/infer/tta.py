@@ -84,3 +84,15 @@ def greedy_views(y: np.ndarray, probs_by_view: dict[str, np.ndarray]) -> list[st
         name = min(trials, key=trials.get)
         chosen.append(name)
         best = trials[name]
+
+
+def with_identity(views: list[str]) -> list[str]:
+    """The views to predict: identity always (for the no-TTA rows of the leaderboard and holdout tables), first."""
+    return list(dict.fromkeys(["identity"] + views))
+
+
+def chosen_mean(p, views: np.ndarray) -> np.ndarray:
+    """Mean over folds and the chosen views (`p.views`, a Predictor's) of a (folds, with_identity(p.views), N, C)
+    array."""
+    index = [with_identity(p.views).index(v) for v in p.views]
+    return views[:, index].mean(axis=(0, 1))

@@ -188,13 +188,15 @@ def run_auto_label(exp_dir: Path, fold: int, images_dir: str, out: Path, rule: A
     from src.core.rundir import write_json
     from src.data.contract import read_train_table
     from src.data.folds import read_folds
+    from src.data.holdout import split_holdout
     from src.data.images import IMAGE_EXTS
     from src.infer.predictor import Predictor
 
     p = Predictor.load(exp_dir, device=device, tta="none", folds=[fold])
     cfg, model = p.cfg, p.folds[0]
     table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
-    fold_of = read_folds(p.folds_csv, table, cfg.id_col, cfg.label_col)
+    # The holdout's labels stay out of the neighbours: auto-labels become training rows.
+    table, fold_of = split_holdout(table, read_folds(p.folds_csv, table, cfg.id_col, cfg.label_col))
     images_dir = Path(images_dir or Path(cfg.data_dir) / "unlabeled")
     files = sorted(f for f in images_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTS) if images_dir.is_dir() else []
     if not files:

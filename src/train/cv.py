@@ -30,6 +30,7 @@ from src.data.extra_rows import (
     resolve_sample_dir,
 )
 from src.data.folds import check_class_counts, default_folds_path, parse_fold_arg, read_folds
+from src.data.holdout import split_holdout
 from src.data.images import channel_stats
 from src.data.rows import ConcatRows, RowView
 from src.train.config import TrainConfig
@@ -71,10 +72,12 @@ def write_run_record(run_dir: Path, action: str, record: dict) -> None:
 
 def load_split(data_dir: str, train_csv: str, image_dir: str, id_col: str, label_col: str,
                folds_csv: str) -> tuple[LabelTable, np.ndarray, Path]:
-    """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file)."""
+    """train.csv (or ImageFolder) and the fold file, both validated; (table, fold per row, fold file). The table
+    holds the cross-validation rows only: a fold file's holdout rows ride along as `table.holdout`, out of reach of
+    training, checkpoint selection and tuning."""
     table = read_train_table(data_dir, train_csv, image_dir, id_col, label_col)
     folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir, table)
-    fold_of = read_folds(folds_path, table, id_col, label_col)
+    table, fold_of = split_holdout(table, read_folds(folds_path, table, id_col, label_col))
     check_class_counts(table.labels, table.classes, int(fold_of.max()) + 1, str(table.source))
     return table, fold_of, folds_path
 
@@ -156,7 +159,8 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
     if fold_source not in ("--fold", "default"):
         print(f"fold {','.join(map(str, folds))} from {fold_source}")
-    print(f"data: {len(table.ids)} images, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
+    held = f" (+ {len(table.holdout.ids)} holdout rows set aside, never used here)" if table.holdout else ""
+    print(f"data: {len(table.ids)} images{held}, {len(table.classes)} classes, {n_folds} folds from {folds_path}; "
           f"device {rt.device}{processes}")
     images = cached_images(table.paths, train_cache_dir(cfg), cfg.resize_interp, quiet,
                            image_size_px=cfg.image_size_px or (hub.input_size_px if hub else 0))

@@ -19,6 +19,7 @@ from src.core.metrics import compute_metrics, metric_mode
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
 from src.data.augment import build_batch_augment, build_transforms
+from src.data.contract import changed_data, changed_data_text
 from src.data.images import ImageSpec
 from src.data.rows import RowView
 from src.train.board import EpochBoard
@@ -201,10 +202,10 @@ class FoldTrainer:
             raise UserError(f"{path}: made by {state.get('world_size', 1)} process(es), now {self.dist.world_size}; "
                             f"resume with the same torchrun --nproc-per-node (total processes)")
         check_runtime_kind(path, state, self.rt)
-        if state["fingerprint"] != self.info.fingerprint:
-            changed = [k for k, v in self.info.fingerprint.items() if state["fingerprint"].get(k) != v]
-            raise UserError(f"{path}: the data changed since this run started ({', '.join(changed)} differ); "
-                            f"rows could move between training and validation, so start a new --exp")
+        changed = changed_data(state["fingerprint"], self.info.fingerprint)
+        if changed:
+            raise UserError(f"{path}: the data changed since this run started ({changed_data_text(changed)}); "
+                            f"rows could move between training, validation and the holdout, so start a new --exp")
         self.model.load_state_dict(state["model"])
         if self.ema:
             self.ema.module.load_state_dict(state["ema"])

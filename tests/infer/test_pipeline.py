@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from src.core.errors import UserError
-from src.infer.pipeline import chosen_mean, with_identity
 from src.infer.predictor import Predictor, parse_threshold
+from src.infer.tta import chosen_mean, with_identity
 
 from helpers import copy_run, make_competition, run_script
 

@@ -107,6 +107,7 @@ def test_oof_summary_skips_folds_from_another_config(tmp_path):
 
 def test_the_final_weights_oof_is_the_last_epoch_and_the_selected_one_the_best_epoch(tmp_path):
     import pandas as pd
+
     from src.core.rundir import read_oof
     trainer = make_trainer(tmp_path, epochs=4, ema_decay=0)
     trainer.data.val_labels = 1 - trainer.data.val_labels  # the better it learns, the worse it validates
@@ -124,6 +125,7 @@ def test_the_final_weights_oof_is_the_last_epoch_and_the_selected_one_the_best_e
 
 def test_the_cv_epoch_is_the_best_epoch_of_the_mean_curve_over_the_epochs_every_fold_reached():
     import pandas as pd
+
     from src.train.oof_summary import cv_epoch
     logs = [pd.DataFrame({"val_accuracy": [0.5, 0.9, 0.7, 0.99]}),  # fold 0 alone reaches epoch 3
             pd.DataFrame({"val_accuracy": [0.6, 0.7, 0.9]}),
