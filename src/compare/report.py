@@ -4,8 +4,9 @@ on matched (fold, seed) pairs, and write reports/<name>.md, .csv, _runs.csv and 
 Per fold model: its metric on its own validation rows (the OOF metric) with its final weights (`oof`: nothing
 was chosen on those rows, so this is what the verdicts judge) and with best.pt's (`oof_best`: optimistic, its
 epoch was picked on them, shown for reference), and, where the competition folder has a solution.csv (the demo),
-its own public/private leaderboard score (best.pt, as infer.py submits). Per seed: the fold ensemble's
-leaderboard score and the pooled OOF metric.
+its own holdout score (where the fold file has a holdout: make_folds.py --holdout) and public/private leaderboard
+score (best.pt, as infer.py submits). Per seed: the fold ensemble's holdout and leaderboard scores and the pooled
+OOF metric. Verdicts are given on the final OOF, the holdout and the private LB: rows no choice was made on.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def weights_stamp(exp_dir: Path, folds: list[int]) -> str:
 
 
 def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: str, quiet: bool) -> pd.DataFrame:
-    """One row per fold model (fold, oof, public, private) and an 'ensemble' row (pooled OOF, the fold
-    ensemble's leaderboard); public/private only where the data folder has a solution.csv."""
+    """One row per fold model (fold, oof, oof_best, holdout, public, private) and an 'ensemble' row (pooled OOF, the
+    fold ensemble's holdout and leaderboard); holdout only where the fold file has one, public/private where the
+    data folder has a solution.csv."""
     p = Predictor.load(exp_dir, device=device, tta=tta, folds=folds)  # best.pt: what infer.py submits
     final = Predictor.load(exp_dir, device=device, tta=tta, folds=folds, weights="final")
     data = load_oof_data([p], quiet)
@@ -60,15 +62,24 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
         return {k: scores[k] for k in ("public", "private") if k in scores}
 
     score = SCORERS[metric]
+    held = data.table.holdout
+    if held is not None:  # predicted like the test set: per fold model, then the fold ensemble
+        per_fold_held = p.predict_views(p.cached(held.paths, quiet), p.views, quiet=quiet).mean(axis=1)
+
+    def holdout(probs: np.ndarray) -> dict:
+        return {"holdout": score(held.labels, probs)} if held is not None else {}
+
     rows = []
     for i, fm in enumerate(p.folds):
         idx = np.flatnonzero(data.fold_of == fm.fold)
         rows.append({"fold": str(fm.fold), "oof": score(data.y[idx], oof[idx]),
-                     "oof_best": score(data.y[idx], oof_best[idx]), **(leaderboard(per_fold_test[i]) if has_lb else {})})
+                     "oof_best": score(data.y[idx], oof_best[idx]), **(leaderboard(per_fold_test[i]) if has_lb else {}),
+                     **(holdout(per_fold_held[i]) if held is not None else {})})
     scored = np.isin(data.fold_of, folds)
     rows.append({"fold": ENSEMBLE, "oof": score(data.y[scored], oof[scored]),
                  "oof_best": score(data.y[scored], oof_best[scored]),
-                 **(leaderboard(per_fold_test.mean(axis=0)) if has_lb else {})})
+                 **(leaderboard(per_fold_test.mean(axis=0)) if has_lb else {}),
+                 **(holdout(per_fold_held.mean(axis=0)) if held is not None else {})})
     return pd.DataFrame(rows).assign(views="+".join(p.views))
 
 
@@ -116,11 +127,19 @@ def _pairs(frame: pd.DataFrame, arm: str, baseline: str, column: str) -> np.ndar
     return (a.loc[both] - b.loc[both]).to_numpy(dtype=np.float64)
 
 
+HELD_OUT = {"holdout": "holdout", "private": "private LB"}  # rows nothing was chosen on, besides the final OOF
+
+
+def judged_columns(results: pd.DataFrame) -> list[str]:
+    """The scores on rows no choice was made on that these results have: the holdout's and the private LB's."""
+    return [c for c in HELD_OUT if c in results and results[c].notna().any()]
+
+
 def summarize(spec: AblationSpec, results: pd.DataFrame) -> pd.DataFrame:
-    """Per (regime, arm): runs done, mean ± std of the OOF and private scores over (fold, seed), the
-    ensemble's private score over seeds, and the paired difference to the baseline with its CI."""
+    """Per (regime, arm): runs done, mean ± std of the OOF, holdout and private scores over (fold, seed), the
+    ensemble's holdout and private scores over seeds, and the paired difference to the baseline with its CI."""
     rows = []
-    has_lb = "private" in results and results["private"].notna().any()
+    held_out = judged_columns(results)
     for regime in regimes(spec):
         part = results[results["regime"] == regime.name]
         base_done = part[(part["arm"] == spec.baseline) & (part["fold"] != ENSEMBLE)]["oof"].notna().all()
@@ -135,12 +154,11 @@ def summarize(spec: AblationSpec, results: pd.DataFrame) -> pd.DataFrame:
                    "oof_mean": folds["oof"].mean(), "oof_std": folds["oof"].std(ddof=1)}  # over (fold, seed)
             if "oof_best" in folds:
                 row.update({"oof_best_mean": folds["oof_best"].mean(), "oof_best_std": folds["oof_best"].std(ddof=1)})
-            columns = ["oof"] + (["private"] if has_lb else [])
-            if has_lb:
-                ens = mine[mine["fold"] == ENSEMBLE]["private"]
-                row.update({"private_mean": folds["private"].mean(), "private_std": folds["private"].std(ddof=1),
-                            "ensemble_private_mean": ens.mean() if len(ens) else np.nan})
-            for column in columns:
+            for column in held_out:
+                ens = mine[mine["fold"] == ENSEMBLE][column]
+                row.update({f"{column}_mean": folds[column].mean(), f"{column}_std": folds[column].std(ddof=1),
+                            f"ensemble_{column}_mean": ens.mean() if len(ens) else np.nan})
+            for column in ["oof", *held_out]:
                 if arm.name == spec.baseline:
                     row.update({f"{column}_diff": np.nan, f"{column}_low": np.nan, f"{column}_high": np.nan,
                                 f"{column}_pairs": np.nan, f"{column}_verdict": "baseline"})
@@ -163,16 +181,16 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
 
 
-def verdict_line(row: pd.Series, spec: AblationSpec, has_lb: bool) -> str:
+def verdict_line(row: pd.Series, spec: AblationSpec, held_out: list[str]) -> str:
     def part(column: str, label: str) -> str:
         return (f"{label} {_pp(row[f'{column}_diff'])} pp [{_pp(row[f'{column}_low'])}, {_pp(row[f'{column}_high'])}]"
                 f" over {int(row[f'{column}_pairs'])} pairs: {row[f'{column}_verdict']}")
-    text = f"- **{row['arm']}** vs {spec.baseline} ({row['regime']}): {part('oof', 'OOF ' + spec.metric)}"
-    return text + (f"; {part('private', 'private LB')}" if has_lb else "") + "."
+    parts = [part("oof", "OOF " + spec.metric)] + [part(c, HELD_OUT[c]) for c in held_out]
+    return f"- **{row['arm']}** vs {spec.baseline} ({row['regime']}): " + "; ".join(parts) + "."
 
 
 def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataFrame) -> str:
-    has_lb = "private_mean" in summary
+    held_out = [c for c in HELD_OUT if f"{c}_mean" in summary]
     done, expected = int(summary["runs_done"].sum()), int(summary["runs_expected"].sum())
     status = ("complete" if done == expected else
               f"**PARTIAL: {done} of {expected} fold runs finished; arms with missing runs get no verdict**")
@@ -202,15 +220,16 @@ def markdown_report(spec: AblationSpec, summary: pd.DataFrame, results: pd.DataF
         if "oof_best_mean" in part:
             table.insert(4, "OOF, best.pt (optimistic)", [_mean_std(m, s) for m, s in
                                                           zip(part["oof_best_mean"], part["oof_best_std"])])
-        if has_lb:
-            table["private LB, per fold model"] = [_mean_std(m, s) for m, s in
-                                                   zip(part["private_mean"], part["private_std"])]
-            table["Δ private [95% CI]"] = [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" if np.isfinite(d) else "" for d, lo, hi
-                                           in zip(part["private_diff"], part["private_low"], part["private_high"])]
-            table["verdict (private)"] = part["private_verdict"]
-            table["private LB, fold ensemble"] = part["ensemble_private_mean"]
+        for column in held_out:
+            label = HELD_OUT[column]
+            table[f"{label}, per fold model"] = [_mean_std(m, s) for m, s in
+                                                 zip(part[f"{column}_mean"], part[f"{column}_std"])]
+            table[f"Δ {column} [95% CI]"] = [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" if np.isfinite(d) else "" for d, lo, hi
+                                             in zip(part[f"{column}_diff"], part[f"{column}_low"], part[f"{column}_high"])]
+            table[f"verdict ({column})"] = part[f"{column}_verdict"]
+            table[f"{label}, fold ensemble"] = part[f"ensemble_{column}_mean"]
         lines += [markdown_table(table), ""]
-        lines += [verdict_line(row, spec, has_lb) for _, row in part.iterrows() if row["arm"] != spec.baseline]
+        lines += [verdict_line(row, spec, held_out) for _, row in part.iterrows() if row["arm"] != spec.baseline]
         lines.append("")
     lines += ["Per-run scores: `" + f"{spec.name}_runs.csv" + "`; summary: `" + f"{spec.name}.csv" + "`.", ""]
     return "\n".join(lines)

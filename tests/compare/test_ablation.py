@@ -121,6 +121,17 @@ def test_summary_pairs_over_folds_and_seeds():
     assert summary.loc["heavy", "runs_done"] == 4 and summary.loc["heavy", "ensemble_private_mean"] == 0.9
 
 
+def test_a_holdout_score_gets_its_own_paired_verdict_beside_the_oof_and_private_ones():
+    s = spec()
+    frame = results({"real": 0.0, "heavy": 0.05, "tta": 0.0})
+    frame["holdout"] = frame["oof"] - np.where(frame["arm"] == "heavy", 0.1, 0.0)  # heavy: better OOF, worse holdout
+    summary = summarize(s, frame)
+    heavy = summary.set_index("arm").loc["heavy"]
+    assert heavy["oof_verdict"] == "helps" and heavy["holdout_verdict"] == "hurts"
+    text = markdown_report(s, summary, frame)
+    assert "holdout, per fold model" in text and "holdout -4.95 pp" in text and "private LB +5.05 pp" in text
+
+
 def test_missing_runs_give_a_partial_report_without_verdicts():
     s = spec()
     frame = results({"real": 0.0, "heavy": 0.05, "tta": 0.0}, missing=(("heavy", 2, 1),))
