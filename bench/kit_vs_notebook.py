@@ -1,14 +1,19 @@
-"""The kit against the notebook baseline on the same folds and seeds, run side by side in one sitting.
+"""The kit against the notebook baseline, like for like: both scored on the same holdout rows, in one sitting.
 
-For each seed: bench/notebook_baseline.py, then train.py with the kit's config, each on the same fold file,
-timed as the user would run them (a fresh process each, decoding included). Reports pooled OOF accuracy
-(and EER on binary tasks) per arm as mean ± std over seeds, the per-fold mean ± std over folds x seeds,
-wall time, and the kit's gain in percentage points and its time as a ratio of the notebook's.
+For each seed a fold file with a holdout is made (make_folds.py --seed S --holdout H; or --folds-csv, which must
+have one), then, each timed as the user would run it (a fresh process, decoding included):
+- notebook: bench/notebook_baseline.py, its fold models' final weights averaged on the holdout;
+- kit: train.py --fold all, then infer.py --holdout-only (the fold ensemble with TTA, as a submission is made).
+Reported per arm, mean ± std over seeds: the **holdout** accuracy (no arm trained, selected or tuned on those rows),
+the final-epoch OOF accuracy of both arms, and the kit's best.pt OOF (optimistic: each fold's epoch was picked on
+its validation rows; shown, never compared); wall time; the kit's holdout gain in pp, paired per seed, and its time
+as a ratio of the notebook's.
 
-    python bench/kit_vs_notebook.py --data-dir ../shared/datasets/hymenoptera --kit-config configs/photo.yaml \\
-        --seeds 42,43 --notebook-args="--image-size-px 64" --out bench/kit_vs_notebook_hymenoptera.md
-    python bench/kit_vs_notebook.py --data-dir DIR --quick   # 1 epoch each, 2 folds: checks the bench runs
+    python bench/kit_vs_notebook.py --data-dir ../shared/datasets/hymenoptera --seeds 42,43,44 \\
+        --notebook-args="--image-size-px 64" --kit-args="--image-size-px 64" --out bench/kit_vs_notebook_hym.md
+    python bench/kit_vs_notebook.py --data-dir DIR --quick   # 2 folds, 1 epoch each: checks the bench runs
 """
+import platform
 import shlex
 import subprocess
 import sys
@@ -18,36 +23,45 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import pandas as pd
 
 from src.core.atomic import write_csv, write_text
 from src.core.cli import build_parser, run_main
 from src.core.errors import UserError
 from src.core.metrics import compute_metrics
+from src.core.repro import cpu_name
 from src.core.rundir import oof_arrays
 from src.core.tables import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK_ARGS = {"notebook": ["--quick"], "kit": ["--epochs", "1", "--fold", "0,1"]}
+QUICK_ARGS = {"notebook": ["--quick"], "kit": ["--epochs", "1"]}
+DATA_FLAGS = ("train_csv", "image_dir", "id_col", "label_col")
 
 
 def parse_args():
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="competition folder (train.csv + train/)")
-    parser.add_argument("--folds-csv", default="", help="fold file for both arms (default: train.py's)")
+    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
+    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
+    parser.add_argument("--id-col", default="image", help="id / file name column")
+    parser.add_argument("--label-col", default="label", help="label column")
+    parser.add_argument("--folds-csv", default="", help="one fold file with a holdout for every seed (default: "
+                                                        "make_folds.py --holdout H --seed S per seed)")
+    parser.add_argument("--holdout", type=float, default=0.2, help="holdout share of the fold files made per seed")
+    parser.add_argument("--n-folds", type=int, default=5, help="folds of the fold files made per seed")
     parser.add_argument("--kit-config", default="", help="train.py --config FILE for the kit's arm")
     parser.add_argument("--kit-args", default="", help="more train.py flags, one quoted string")
+    parser.add_argument("--tta", default="auto", help="infer.py --tta for the kit's holdout predictions")
     parser.add_argument("--notebook-args", default="", help="more notebook_baseline.py flags, one quoted string")
     parser.add_argument("--seeds", default="42", help="comma list; each seed runs both arms")
     parser.add_argument("--cache-dir", default="", help="train.py --cache-dir (default: train.py's)")
     parser.add_argument("--out", default="", help="write the table here (Markdown) and a .csv beside it")
-    parser.add_argument("--quick", action="store_true", help="1 epoch per arm on 2 folds: checks the bench runs")
+    parser.add_argument("--quick", action="store_true", help="2 folds, 1 epoch per arm: checks the bench runs")
     return parser.parse_args()
 
 
 def run(cmd: list[str]) -> float:
-    """Run one arm; its wall seconds. A failing arm stops the bench with its last error line."""
+    """Run one step; its wall seconds. A failing step stops the bench with its last error line."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
@@ -56,80 +70,119 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def read_oof_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"id": str, "label": str, "pred": str})
+def data_flags(args) -> list[str]:
+    return ["--data-dir", args.data_dir] + [x for k in DATA_FLAGS for x in (f"--{k.replace('_', '-')}", getattr(args, k))]
 
 
-def scored(oof: pd.DataFrame, classes: list[str]) -> tuple[dict, list[float]]:
-    """Pooled OOF metrics and each fold's accuracy."""
-    y, probs = oof_arrays(oof, classes)
-    per_fold = [compute_metrics(*oof_arrays(part, classes))["accuracy"] for _, part in oof.groupby("fold")]
-    return compute_metrics(y, probs), per_fold
+def fold_file(args, seed: int, work: Path) -> Path:
+    """The seed's fold file: --folds-csv, or a new one with a holdout (shared by both arms, not timed)."""
+    if args.folds_csv:
+        path = Path(args.folds_csv)
+        if "holdout" not in set(pd.read_csv(path, dtype=str)["fold"]):
+            raise UserError(f"{path}: no holdout rows; both arms are scored there (make_folds.py --holdout 0.2)")
+        return path
+    path = work / f"folds_s{seed}.csv"
+    run([sys.executable, "make_folds.py", *data_flags(args), "--seed", str(seed), "--holdout", str(args.holdout),
+         "--n-folds", str(2 if args.quick else args.n_folds), "--out", str(path), "--quiet"]
+        + (["--cache-dir", args.cache_dir] if args.cache_dir else []))
+    return path
 
 
-def notebook_arm(args, seed: int, work: Path) -> tuple[float, pd.DataFrame]:
+def read_probs(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str, "label": str, "pred": str, "fold": str})
+
+
+def notebook_arm(args, seed: int, folds: Path, work: Path) -> tuple[float, dict]:
     out = work / f"notebook_s{seed}.md"
-    cmd = [sys.executable, "bench/notebook_baseline.py", "--data-dir", args.data_dir, "--seed", str(seed),
-           "--out", str(out), "--quiet", *shlex.split(args.notebook_args)]
-    cmd += ["--folds-csv", args.folds_csv] if args.folds_csv else []
+    cmd = [sys.executable, "bench/notebook_baseline.py", *data_flags(args), "--folds-csv", str(folds),
+           "--seed", str(seed), "--out", str(out), "--quiet", *shlex.split(args.notebook_args)]
     seconds = run(cmd + (QUICK_ARGS["notebook"] if args.quick else []))
-    return seconds, read_oof_csv(out.with_name(f"{out.stem}_oof.csv"))
+    return seconds, {"holdout": read_probs(out.with_name(f"{out.stem}_holdout.csv")),
+                     "oof_final": read_probs(out.with_name(f"{out.stem}_oof.csv"))}
 
 
-def kit_arm(args, seed: int, work: Path) -> tuple[float, pd.DataFrame]:
-    cmd = [sys.executable, "train.py", "--data-dir", args.data_dir, "--seed", str(seed), "--runs-dir",
-           str(work / "runs"), "--exp", f"kit_s{seed}", "--quiet", "--no-tensorboard"]
+def kit_arm(args, seed: int, folds: Path, work: Path) -> tuple[float, dict]:
+    exp, runs = f"kit_s{seed}", work / "runs"
+    cmd = [sys.executable, "train.py", *data_flags(args), "--folds-csv", str(folds), "--seed", str(seed),
+           "--runs-dir", str(runs), "--exp", exp, "--quiet", "--no-tensorboard", "--fold", "all"]
     cmd += ["--config", args.kit_config] if args.kit_config else []
-    cmd += ["--folds-csv", args.folds_csv] if args.folds_csv else []
     cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-    cmd += shlex.split(args.kit_args) + (QUICK_ARGS["kit"] if args.quick else ["--fold", "all"])
-    seconds = run(cmd)
-    oof = pd.concat([read_oof_csv(p) for p in sorted((work / "runs" / f"kit_s{seed}").glob("fold*/oof.csv"))])
-    return seconds, oof
+    cmd += shlex.split(args.kit_args) + (QUICK_ARGS["kit"] if args.quick else [])
+    infer = [sys.executable, "infer.py", "--exp", exp, "--runs-dir", str(runs), "--holdout-only", "--tta", args.tta,
+             "--out-dir", str(work / "subs"), "--quiet"]
+    seconds = run(cmd) + run(infer)
+    folders = sorted((runs / exp).glob("fold*"))
+    return seconds, {"holdout": read_probs(work / "subs" / f"{exp}-holdout_holdout_probs.csv"),
+                     "oof_final": pd.concat([read_probs(p / "oof_final.csv") for p in folders]),
+                     "oof_best": pd.concat([read_probs(p / "oof.csv") for p in folders])}
 
 
-def summary(rows: list[dict]) -> pd.DataFrame:
-    """Per arm: mean ± std over seeds of the pooled OOF metrics, folds x seeds spread, wall time."""
-    table = pd.DataFrame(rows)
+def scored(frames: dict) -> dict:
+    """Accuracy (and EER on binary tasks) of each prediction set: holdout, oof_final, oof_best."""
+    out = {}
+    for name, frame in frames.items():
+        classes = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]
+        metrics = compute_metrics(*oof_arrays(frame, classes))
+        out.update({f"{name}_{k}": metrics[k] for k in ("accuracy", "eer") if k in metrics})
+    return out
+
+
+def mean_std(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return ""
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm over seeds: the holdout, both arms' final-epoch OOF, the kit's best.pt OOF, wall time."""
     out = []
-    for arm, part in table.groupby("arm", sort=False):
-        folds = np.concatenate(part["fold_accuracies"].to_list())
-        row = {"arm": arm, "seeds": len(part),
-               "pooled OOF accuracy": f"{part['accuracy'].mean():.4f} ± {part['accuracy'].std(ddof=1):.4f}"
-               if len(part) > 1 else f"{part['accuracy'].mean():.4f}",
-               "fold accuracy (folds x seeds)": f"{folds.mean():.4f} ± {folds.std(ddof=1):.4f}",
-               "wall s (mean)": f"{part['wall_s'].mean():.0f}"}
-        if "eer" in part:
-            row["pooled EER"] = f"{part['eer'].mean():.4f}"
+    for arm, part in runs.groupby("arm", sort=False):
+        row = {"arm": arm, "seeds": len(part), "holdout accuracy": mean_std(part["holdout_accuracy"]),
+               "final-epoch OOF accuracy": mean_std(part["oof_final_accuracy"]),
+               "best.pt OOF accuracy (optimistic, not compared)": mean_std(part.get("oof_best_accuracy", pd.Series()))}
+        if "holdout_eer" in part:
+            row["holdout EER"] = mean_std(part["holdout_eer"])
+        row["wall s per run"] = f"{part['wall_s'].mean():.0f}"
         out.append(row)
     return pd.DataFrame(out)
+
+
+def verdict(runs: pd.DataFrame) -> str:
+    kit, nb = (runs[runs.arm == a].set_index("seed") for a in ("kit", "notebook"))
+    gains = 100 * (kit["holdout_accuracy"] - nb["holdout_accuracy"])
+    oof = 100 * (kit["oof_final_accuracy"].mean() - nb["oof_final_accuracy"].mean())
+    ratio = kit["wall_s"].mean() / nb["wall_s"].mean()
+    per_seed = ", ".join(f"{g:+.1f}" for g in gains)
+    return (f"Kit gain on the holdout: **{gains.mean():+.1f} pp** (per seed {per_seed}) at **{ratio:.2f}x** the "
+            f"notebook's wall time; on the final-epoch OOF {oof:+.1f} pp.")
 
 
 def main() -> None:
     args = parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kit_vs_nb_") as tmp:
         work = Path(tmp)
         for seed in seeds:
+            folds = fold_file(args, seed, work)
             for arm, runner in (("notebook", notebook_arm), ("kit", kit_arm)):
-                seconds, oof = runner(args, seed, work)
-                classes = [c.removeprefix("prob_") for c in oof.columns if c.startswith("prob_")]
-                metrics, per_fold = scored(oof, classes)
-                rows.append({"arm": arm, "seed": seed, "wall_s": seconds, "fold_accuracies": per_fold,
-                             **{k: metrics[k] for k in ("accuracy", "eer") if k in metrics}})
-                print(f"seed {seed} {arm}: pooled OOF accuracy {metrics['accuracy']:.4f}, {seconds:.0f} s",
-                      flush=True)
-    table = summary(rows)
-    runs = pd.DataFrame(rows).drop(columns="fold_accuracies")
-    kit, nb = runs[runs.arm == "kit"], runs[runs.arm == "notebook"]
-    gain_pp = 100 * (kit["accuracy"].mean() - nb["accuracy"].mean())
-    ratio = kit["wall_s"].mean() / nb["wall_s"].mean()
+                seconds, frames = runner(args, seed, folds, work)
+                rows.append({"arm": arm, "seed": seed, "wall_s": seconds, "n_holdout": len(frames["holdout"]),
+                             **scored(frames)})
+                print(f"seed {seed} {arm}: holdout accuracy {rows[-1]['holdout_accuracy']:.4f} "
+                      f"({rows[-1]['n_holdout']} rows), final-epoch OOF {rows[-1]['oof_final_accuracy']:.4f}, "
+                      f"{seconds:.0f} s", flush=True)
+    runs = pd.DataFrame(rows)
+    holdout = f"the fold file's holdout ({args.folds_csv})" if args.folds_csv else \
+        f"a {args.holdout:g} holdout per seed (make_folds.py --seed S --holdout {args.holdout:g})"
     text = (f"# Kit vs notebook: {Path(args.data_dir).resolve().name}\n\n"
-            f"kit: `train.py {'--config ' + args.kit_config if args.kit_config else ''} {args.kit_args}`; notebook: "
-            f"`bench/notebook_baseline.py {args.notebook_args}`; seeds {args.seeds}"
-            f"{'; --quick: not a measurement' if args.quick else ''}.\n\n{markdown_table(table)}\n\n"
-            f"Kit gain: **{gain_pp:+.1f} pp** pooled OOF accuracy at **{ratio:.2f}x** the notebook's wall time.\n")
+            f"kit: `train.py {'--config ' + args.kit_config if args.kit_config else ''} {args.kit_args}` + "
+            f"`infer.py --holdout-only --tta {args.tta}`; notebook: `bench/notebook_baseline.py {args.notebook_args}`; "
+            f"seeds {args.seeds}; scored on {holdout}, {int(runs['n_holdout'].iloc[0])} rows"
+            f"{'; --quick: not a measurement' if args.quick else ''}. Machine: {cpu_name()} ({platform.machine()}); "
+            f"the whole sitting {time.perf_counter() - start:.0f} s.\n\n{markdown_table(summary(runs))}\n\n"
+            f"{verdict(runs)}\n")
     print("\n" + text)
     if args.out:
         write_text(Path(args.out).with_suffix(".md"), text)

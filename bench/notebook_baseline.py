@@ -5,7 +5,9 @@ VGG-style CNN (two conv-BN-ReLU per block, 32-64-128 channels, max-pooling, glob
 linear), AdamW + OneCycleLR, cross-entropy, random shift (reflect-pad + random crop) and horizontal flip,
 20 epochs of batch 64, the final weights scored on each fold's validation rows (no TTA, no EMA, no
 checkpoint picking). It trains on the SAME fold file as train.py, so its OOF rows pair with the kit's row for
-row (same ids, same folds) and both can be run side by side on one machine.
+row (same ids, same folds) and both can be run side by side on one machine. When the fold file has a holdout
+(make_folds.py --holdout) no fold trains on it; the average of the fold models' final predictions is scored there,
+as the kit's fold ensemble is by infer.py.
 
 Only the data listing (src.data.contract / src.data.folds: same rows, same order, same folds) and the report
 plumbing (the kit's metric definitions, so numbers compare like for like; tables; atomic writes; one-line
@@ -15,8 +17,9 @@ errors) come from the kit. The training below is notebook code and uses torch/to
     python bench/notebook_baseline.py --data-dir data/mnist5k --folds 0 --no-flip     # one fold, printed only
     python bench/notebook_baseline.py --data-dir DIR --quick    # 1 epoch, <=200 training images, 2 folds: runs?
 
---out report.md also writes report.csv (the same table) and report_oof.csv (id, label, fold, pred,
-prob_<class>...: the format of the kit's oof.csv).
+--out report.md also writes report.csv (the same table), report_oof.csv (id, label, fold, pred,
+prob_<class>...: the format of the kit's oof.csv) and, with a holdout, report_holdout.csv (the same columns,
+fold 'holdout': the fold models' mean).
 """
 import os
 import platform
@@ -43,14 +46,20 @@ from src.core.repro import cpu_name
 from src.core.tables import markdown_table
 from src.data.contract import read_train_table
 from src.data.folds import default_folds_path, parse_fold_arg, read_folds
+from src.data.holdout import split_holdout
 
 QUICK_TRAIN_IMAGES = 200
+HOLDOUT_ROW = "holdout (mean of the fold models)"
 DEFAULT_SIZE_PX = 64  # when the images do not all share one size
 
 
 def parse_args():
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder (train.csv + train/)")
+    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
+    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
+    parser.add_argument("--id-col", default="image", help="id / file name column")
+    parser.add_argument("--label-col", default="label", help="label column")
     parser.add_argument("--folds-csv", default="",
                         help="fold file (default: the one train.py uses, folds/<data folder>-<key>_k*_s*.csv)")
     parser.add_argument("--folds", default="all", help="'all' or a comma list such as 0,1")
@@ -73,16 +82,19 @@ def parse_args():
     return parser.parse_args()
 
 
-def load_split(data_dir: str, folds_csv: str):
-    """The kit's listing of the labelled images and the fold of each row (the same fold file as train.py)."""
-    if not Path(data_dir).is_dir():
-        raise UserError(f"{data_dir}: competition folder not found (it needs train.csv and train/)")
-    table = read_train_table(data_dir, "train.csv", "train", "image", "label")
-    folds_path = Path(folds_csv) if folds_csv else default_folds_path("folds", data_dir, table)
+def load_split(args):
+    """The kit's listing of the labelled images and the fold of each row (the same fold file as train.py): the
+    cross-validation rows, with the holdout rows (if any) as `table.holdout`."""
+    if not Path(args.data_dir).is_dir():
+        raise UserError(f"{args.data_dir}: competition folder not found (it needs {args.train_csv} and "
+                        f"{args.image_dir}/)")
+    table = read_train_table(args.data_dir, args.train_csv, args.image_dir, args.id_col, args.label_col)
+    folds_path = Path(args.folds_csv) if args.folds_csv else default_folds_path("folds", args.data_dir, table)
     if not folds_path.is_file():
-        raise UserError(f"{folds_path}: fold file not found; run: python make_folds.py --data-dir {data_dir} "
+        raise UserError(f"{folds_path}: fold file not found; run: python make_folds.py --data-dir {args.data_dir} "
                         f"--out {folds_path}")
-    return table, read_folds(folds_path, table, "image", "label"), folds_path
+    table, fold_of = split_holdout(table, read_folds(folds_path, table, args.id_col, args.label_col))
+    return table, fold_of, folds_path
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -191,8 +203,9 @@ def predict(model: nn.Module, images: np.ndarray, mean: list[float], std: list[f
 
 
 def run_fold(k: int, images: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, n_classes: int, args,
-             device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Train on every row outside fold k, predict fold k; (table row, validation row indices, probabilities)."""
+             device: torch.device, held: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Train on every row outside fold k, predict fold k (and the holdout images `held`); (table row, validation
+    row indices, their probabilities, the holdout's probabilities or None)."""
     torch.manual_seed(args.seed + k)
     np.random.seed(args.seed + k)
     train_idx, val_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -209,7 +222,7 @@ def run_fold(k: int, images: np.ndarray, labels: np.ndarray, fold_of: np.ndarray
     probs = predict(model, images[val_idx], mean, std, device)
     row = {"fold": str(k), "n_train": len(train_idx), "n_val": len(val_idx),
            **scores(labels[val_idx], probs), "train_s": seconds, "images_per_s": seen / seconds}
-    return row, val_idx, probs
+    return row, val_idx, probs, None if held is None else predict(model, held, mean, std, device)
 
 
 def scores(y: np.ndarray, probs: np.ndarray) -> dict:
@@ -218,8 +231,10 @@ def scores(y: np.ndarray, probs: np.ndarray) -> dict:
             "log_loss": logloss(y, probs)}
 
 
-def summary_table(rows: list[dict], y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    """Per-fold rows, then mean and std (ddof=1) over folds and the pooled OOF rows, as the kit's OOF summary."""
+def summary_table(rows: list[dict], y: np.ndarray, probs: np.ndarray,
+                  holdout: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """Per-fold rows, then mean and std (ddof=1) over folds and the pooled OOF rows, as the kit's OOF summary;
+    then the holdout's row (the fold models' mean) when there is one."""
     table = pd.DataFrame(rows)
     cols = ["accuracy", "eer", "log_loss", "train_s", "images_per_s"]
     n_val = int(table["n_val"].sum())
@@ -227,6 +242,9 @@ def summary_table(rows: list[dict], y: np.ndarray, probs: np.ndarray) -> pd.Data
              {"fold": "std", "n_train": "", "n_val": n_val, **table[cols].std(ddof=1).to_dict()},
              {"fold": "all (pooled OOF)", "n_train": "", "n_val": len(y), **scores(y, probs),
               "train_s": table["train_s"].sum(), "images_per_s": float("nan")}]
+    if holdout is not None:
+        extra.append({"fold": HOLDOUT_ROW, "n_train": "", "n_val": len(holdout[0]), **scores(*holdout),
+                      "train_s": float("nan"), "images_per_s": float("nan")})
     return pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
 
 
@@ -234,12 +252,14 @@ def report(table: pd.DataFrame, args, folds_path: Path, images: np.ndarray, devi
            wall_s: float) -> str:
     mean, std = table.set_index("fold").loc[["mean", "std"], "accuracy"]
     pooled = table.set_index("fold").loc["all (pooled OOF)", "accuracy"]
+    held = table.set_index("fold")["accuracy"].get(HOLDOUT_ROW)
+    held_text = f"Holdout accuracy (mean of the fold models) **{held:.4f}**; " if held is not None else ""
     return (f"# Notebook baseline: {Path(args.data_dir).resolve().name}\n\n"
             f"Small VGG-style CNN, AdamW + OneCycleLR (peak lr {args.lr:g}), cross-entropy, shift"
             f"{'' if args.no_flip else ' + flip'} augmentation, {args.epochs} epochs of batch {args.batch_size}, "
             f"{images.shape[1]}x{images.shape[2]} px x {images.shape[3]} channel(s), seed {args.seed}, "
             f"final weights; folds from `{folds_path}`{'; --quick: not a measurement' if args.quick else ''}.\n\n"
-            f"Pooled OOF accuracy **{pooled:.4f}**; "
+            f"{held_text}Pooled OOF accuracy **{pooled:.4f}**; "
             f"{f'mean ± std over folds {mean:.4f} ± {std:.4f}' if np.isfinite(std) else 'one fold (no std)'}. "
             f"Wall time {wall_s:.0f} s. Machine: {cpu_name()} ({platform.machine()}), "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}.\n\n"
@@ -262,7 +282,7 @@ def oof_frame(ids: list[str], y: np.ndarray, fold_of: np.ndarray, probs: np.ndar
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    table, fold_of, folds_path = load_split(args.data_dir, args.folds_csv)
+    table, fold_of, folds_path = load_split(args)
     folds = parse_fold_arg(args.folds, int(fold_of.max()) + 1, "--folds")
     if args.quick:
         folds, args.epochs = folds[:2], 1
@@ -274,17 +294,22 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    images = decode_images(table.paths, args.image_size_px, args.quiet)
-    rows, val_rows, val_probs = [], [], []
+    held = table.holdout
+    images = decode_images(table.paths + (held.paths if held else []), args.image_size_px, args.quiet)
+    images, held_images = (images[:len(table.ids)], images[len(table.ids):]) if held else (images, None)
+    rows, val_rows, val_probs, held_probs = [], [], [], []
     for k in folds:
-        row, val_idx, probs = run_fold(k, images, table.labels, fold_of, len(table.classes), args, device)
+        row, val_idx, probs, on_held = run_fold(k, images, table.labels, fold_of, len(table.classes), args, device,
+                                                held_images)
         print(f"fold {k}: accuracy {row['accuracy']:.4f}, log loss {row['log_loss']:.4f}, "
               f"{row['train_s']:.1f} s training, {row['images_per_s']:.0f} img/s", flush=True)
         rows.append(row)
         val_rows.append(val_idx)
         val_probs.append(probs)
+        held_probs.append(on_held)
     val_idx, probs = np.concatenate(val_rows), np.concatenate(val_probs)
-    summary = summary_table(rows, table.labels[val_idx], probs)
+    holdout = (held.labels, np.mean(held_probs, axis=0)) if held else None
+    summary = summary_table(rows, table.labels[val_idx], probs, holdout)
     text = report(summary, args, folds_path, images, device, time.perf_counter() - start)
     print("\n" + text)
     if out:
@@ -292,6 +317,9 @@ def main() -> None:
         write_csv(out.with_suffix(".csv"), summary)
         write_csv(out.with_name(f"{out.stem}_oof.csv"), oof_frame(
             [table.ids[i] for i in val_idx], table.labels[val_idx], fold_of[val_idx], probs, table.classes))
+        if held:
+            write_csv(out.with_name(f"{out.stem}_holdout.csv"), oof_frame(
+                held.ids, held.labels, np.array(["holdout"] * len(held.ids)), holdout[1], table.classes))
 
 
 if __name__ == "__main__":

@@ -54,15 +54,46 @@ def test_help_exits_cleanly():
     assert proc.returncode == 0 and "--no-flip" in proc.stdout
 
 
-def test_kit_vs_notebook_bench_runs_both_arms_on_the_same_folds(tmp_path):
-    data = make_competition(tmp_path / "comp", classes=("a", "b"), per_class=12, size_px=16)
-    assert run_script("make_folds.py", "--data-dir", str(data), "--out", str(tmp_path / "f.csv"),
-                      "--quiet").returncode == 0
+def test_kit_vs_notebook_bench_scores_both_arms_on_the_same_holdout_rows(tmp_path):
+    data = make_competition(tmp_path / "comp", classes=("a", "b"), per_class=15, size_px=16)
     out = tmp_path / "cmp.md"
-    proc = run_subprocess("bench/kit_vs_notebook.py", "--data-dir", str(data), "--folds-csv", str(tmp_path / "f.csv"),
-                          "--kit-args=--batch-size 8 --model smallcnn", "--cache-dir", str(tmp_path / "cache"),
-                          "--quick", "--out", str(out))
+    proc = run_subprocess("bench/kit_vs_notebook.py", "--data-dir", str(data), "--kit-args=--batch-size 8",
+                          "--cache-dir", str(tmp_path / "cache"), "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     runs = pd.read_csv(out.with_suffix(".csv"))
-    assert list(runs["arm"]) == ["notebook", "kit"] and runs["accuracy"].between(0, 1).all()
-    assert "x** the notebook's wall time" in out.read_text()
+    assert list(runs["arm"]) == ["notebook", "kit"] and runs["n_holdout"].eq(6).all()  # 20 % of 30, both arms
+    for column in ("holdout_accuracy", "oof_final_accuracy", "holdout_eer"):
+        assert runs[column].between(0, 1).all(), column
+    assert runs["oof_best_accuracy"].isna().tolist() == [True, False]  # the notebook picks no checkpoint
+    text = out.read_text()
+    assert "Kit gain on the holdout" in text and "x** the notebook's wall time" in text and "optimistic" in text
+
+
+def test_the_notebook_trains_on_no_holdout_row_and_scores_its_fold_models_mean_there(tmp_path):
+    data = make_competition(tmp_path / "comp", classes=("cat", "dog"), per_class=15)
+    folds = tmp_path / "f.csv"
+    assert run_script("make_folds.py", "--data-dir", str(data), "--holdout", "0.2", "--n-folds", "3", "--out",
+                      str(folds), "--quiet").returncode == 0
+    proc = run_script("bench/notebook_baseline.py", "--quick", "--data-dir", str(data), "--folds-csv", str(folds),
+                      "--out", str(tmp_path / "nb.md"))
+    assert proc.returncode == 0, proc.stderr
+    held = pd.read_csv(tmp_path / "nb_holdout.csv", dtype=str)
+    frame = pd.read_csv(folds, dtype=str)
+    assert set(held["id"]) == set(frame.loc[frame["fold"] == "holdout", "image"]) and len(held) == 6
+    oof = pd.read_csv(tmp_path / "nb_oof.csv", dtype=str)
+    assert not set(oof["id"]) & set(held["id"])
+    table = pd.read_csv(tmp_path / "nb.csv")
+    assert table["n_train"].iloc[0] <= 16 and "holdout (mean of the fold models)" in set(table["fold"])
+    assert "Holdout accuracy (mean of the fold models)" in (tmp_path / "nb.md").read_text()
+
+
+def test_the_notebook_reads_other_column_names(tmp_path):
+    data = make_competition(tmp_path / "comp", classes=("cat", "dog"), per_class=10)
+    pd.read_csv(data / "train.csv").rename(columns={"image": "file", "label": "kind"}).to_csv(
+        data / "labels.csv", index=False)
+    (data / "train.csv").unlink()
+    folds = tmp_path / "f.csv"
+    flags = ["--data-dir", str(data), "--train-csv", "labels.csv", "--id-col", "file", "--label-col", "kind"]
+    assert run_script("make_folds.py", *flags, "--out", str(folds), "--quiet").returncode == 0
+    proc = run_script("bench/notebook_baseline.py", "--quick", *flags, "--folds-csv", str(folds))
+    assert proc.returncode == 0, proc.stderr
