@@ -238,6 +238,9 @@ class TrainConfig(DataFields):
                             "so use one or the other")
         if self.mixup_off_epoch and not self.mixes:
             raise UserError("config: mixup_off_epoch is set but mixup_alpha and cutmix_alpha are 0")
+        if self.mixup_off_epoch >= self.epochs:
+            raise UserError(f"config: mixup_off_epoch ({self.mixup_off_epoch}) must be below epochs ({self.epochs}), or "
+                            f"mixup never stops; lower it (or set 0 to mix to the end)")
         if self.synthetic_only and not self.synthetic:
             raise UserError("config: synthetic_only needs synthetic (a gen_synthetic.py sample folder)")
         if not self.exp or "/" in self.exp or self.exp.startswith("."):

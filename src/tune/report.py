@@ -22,20 +22,42 @@ from src.core.tables import markdown_table
 LOCATION_KEYS = ("runs_dir", "cache_dir")  # where runs and the cache go, not how a model trains
 
 
+# Notes (src/tune/trials.py) of trials cut short through no fault of their config: tune.py --resume trains them again.
+RETRY_NOTES = ("interrupted", "killed", "stopped by the --budget deadline")
+
+
+def awaiting_retry(study: optuna.Study) -> list[FrozenTrial]:
+    """The failed trials an interrupt, a kill or the budget cut short that were not queued again yet."""
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number not in retried and str(t.user_attrs.get("note", "")).startswith(RETRY_NOTES)]
+
+
+def is_base(trial: FrozenTrial, study: optuna.Study) -> bool:
+    """Whether a trial trained the base config: every value it sampled is the base config's."""
+    base = study.user_attrs.get("base_config", {})
+    return bool(base) and all(k in base and base[k] == v for k, v in trial.params.items())
+
+
+def seconds(trial: FrozenTrial) -> float:
+    return trial.duration.total_seconds() if trial.duration else math.inf
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The best complete trial, or None while there is none. Accuracy moves in steps of one validation image, and a
-    one-image lead is noise, not evidence: among the trials within one image of the top, the lowest mean validation
-    log loss (which every row's confidence moves) wins, then the earliest trial."""
+    one-image lead is noise, not evidence. Among the trials within one image of the top the base config wins (no
+    evidence to move away from it), else the fastest (then the earliest): a tie is never broken by validation log
+    loss, whose floor label smoothing and mixup raise, so it would favour the least regularised trial."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not done:
         return None
     top = study.best_trial
     step = top.user_attrs.get("one_image")
-    if not step or "val_log_loss" not in top.user_attrs:  # another metric, or a trial from before the rule
+    if not step:  # another metric: the top value wins
         return top
     # A hair over the step: a mean of fold accuracies is not always exactly k / rows in floating point.
-    near = [t for t in done if abs(t.value - top.value) <= step * 1.001 and "val_log_loss" in t.user_attrs]
-    return min(near, key=lambda t: (t.user_attrs["val_log_loss"], t.number))
+    near = [t for t in done if abs(t.value - top.value) <= step * 1.001]
+    return min(near, key=lambda t: (not is_base(t, study), seconds(t), t.number))
 
 
 def format_value(value) -> str:
@@ -145,20 +167,29 @@ def write_reports(study: optuna.Study, tune_dir: Path, storage: str, folds: list
     importance = plot_importance(tune_dir / "importance.png", study)
     counts = frame["state"].value_counts().to_dict()
     best = best_trial(study)
+    retry = [t.number for t in awaiting_retry(study)]
     source = f"study {study.study_name!r} in {storage}, {len(frame)} trials"
     lines = [f"study: {source} ({', '.join(f'{n} {state}' for state, n in counts.items())})",
              f"tuned on fold(s) {fold_text}: their validation rows chose the config"]
+    if retry:
+        lines.append(f"cut short (interrupt, kill or budget) and not yet run again: trial(s) "
+                     f"{', '.join(map(str, retry))}; tune.py --resume trains them again")
     if best is None:
         return write_summary(tune_dir, study.study_name, lines + ["no trial completed", importance], table)
-    tuned_on = f"{monitor} {best.value:.4f} is the mean over the tuned fold(s) {fold_text}"
-    held = (f"held-out fold(s) {','.join(map(str, holdout[0]))}: {monitor} {holdout[1]:.4f} (never used to choose "
-            f"the config)") if holdout else ""
+    tuned_on = f"{monitor} {best.value:.4f} is the mean final-epoch value over the tuned fold(s) {fold_text}"
+    held = ""
+    if holdout and holdout[1] is None:
+        held = f"held-out fold(s) {','.join(map(str, holdout[0]))}: not scored (the --budget deadline stopped it)"
+    elif holdout:
+        held = (f"held-out fold(s) {','.join(map(str, holdout[0]))}: {monitor} {holdout[1]:.4f} (final epoch; never "
+                f"used to choose the config)")
     write_text(tuned_path, tuned_config_text(best, study.study_name, source, tuned_on, held, tuned_path))
     top = study.best_trial
     if top.number != best.number:
-        lines.append(f"trial {top.number} scored {monitor} {top.value:.4f}, within one validation image; trial "
-                     f"{best.number} has the lower validation log loss ({best.user_attrs['val_log_loss']:.4f} vs "
-                     f"{top.user_attrs['val_log_loss']:.4f}), so it is kept")
+        why = "it trained the base config" if is_base(best, study) else \
+            f"it trained faster ({seconds(best):.0f} s vs {seconds(top):.0f} s)"
+        lines.append(f"trial {top.number} scored {monitor} {top.value:.4f}, within one validation image of trial "
+                     f"{best.number}'s {best.value:.4f}: a tie, and trial {best.number} is kept because {why}")
     lines += [f"best: trial {best.number}, {tuned_on} (optimistic: chosen on these folds)",
               held or "held-out score: none (pass --holdout-folds for a score on folds not used to choose)",
               f"best values: {format_params(best.params)}", f"tuned config: {tuned_path}", importance]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from src.core.config import config_from_dict, load_config_file
 from src.core.errors import UserError
+from src.data.augment import trained_flips
 from src.train.config import TrainConfig
 
 # Keys a trial may not vary: where runs and data are, what the objective measures, and the seed (a searched seed
@@ -188,24 +189,74 @@ def check_space(space: SearchSpace, base: TrainConfig) -> None:
                 raise UserError(f"{space.source}: {name}: {value!r} is refused ({reason})") from None
 
 
+# Keys counted in epochs from the start of a run: when a trial changes `epochs`, they keep their share of it (a
+# base config's mixup_off_epoch 16 of 20 epochs becomes 8 of 10), or a shorter trial would never reach them.
+EPOCH_POINTS = ("mixup_off_epoch", "loss_switch_epoch")
+
+
+def dependent_values(base: TrainConfig, values: dict) -> dict:
+    """A trial's values plus the base keys they make meaningless or out of place: mixup_off_epoch goes when the
+    trial mixes nothing, and the EPOCH_POINTS scale with a searched `epochs` (unless the trial sets them itself)."""
+    out = dict(values)
+    merged = {**dataclasses.asdict(base), **values}
+    if "mixup_off_epoch" not in values and not (merged["mixup_alpha"] or merged["cutmix_alpha"]):
+        out["mixup_off_epoch"] = 0
+    epochs = values.get("epochs", base.epochs)
+    for key in EPOCH_POINTS:
+        point = out.get(key, getattr(base, key))
+        if key not in values and point and epochs != base.epochs:
+            out[key] = min(epochs - 1, max(1, round(point * epochs / base.epochs)))
+    return out
+
+
 def trial_config(base: TrainConfig, values: dict) -> TrainConfig:
-    """`base` with a trial's values, validated. validate() may print a note (a warmup clipped to a short run):
-    the resolved value is saved in each run's config.json, so the note is not repeated for every trial."""
+    """`base` with a trial's values (and what they imply: dependent_values), validated. validate() may print a note
+    (a warmup clipped to a short run): the resolved value is saved in each run's config.json, so the note is not
+    repeated for every trial."""
     with contextlib.redirect_stderr(io.StringIO()):
-        return config_from_dict(values, TrainConfig, base=base).validate()
+        return config_from_dict(dependent_values(base, values), TrainConfig, base=base).validate()
 
 
-def sample(trial, params: dict[str, Range | Choice]) -> dict:
-    """One value per searched key from an Optuna trial (or FixedTrial)."""
+# Searched keys that change nothing in some configs, so a trial must not spend a dimension on them there
+# (`values` is the base config with the trial's values so far). Their controlling keys are sampled first.
+def _flips_inert(values: dict, param) -> bool:
+    """Under the photo preset, which always mirrors left-right, `none` trains as `h` (and `v` as `hv`)."""
+    choices = param.values if isinstance(param, Choice) else ()
+    return values["augment"] == "photo" and len({trained_flips("photo", f) for f in choices}) <= 1
+
+
+INERT = {
+    "flips": _flips_inert,
+    "label_smoothing": lambda v, _: "label_smoothing" not in (v["loss"], v["loss2"]),
+    "focal_gamma": lambda v, _: "focal" not in (v["loss"], v["loss2"]),
+    "momentum": lambda v, _: v["optimizer"] != "sgd",
+    "lr_step_epochs": lambda v, _: v["scheduler"] != "step",
+    "lr_step_gamma": lambda v, _: v["scheduler"] != "step",
+    "plateau_patience_epochs": lambda v, _: v["scheduler"] != "plateau",
+    "plateau_factor": lambda v, _: v["scheduler"] != "plateau",
+    "lr_min_ratio": lambda v, _: v["scheduler"] not in ("cosine", "onecycle"),
+    "mixup_off_epoch": lambda v, _: not (v["mixup_alpha"] or v["cutmix_alpha"]),
+    "loss_switch_epoch": lambda v, _: not v["loss2"],
+}
+CONTROLS = ("augment", "loss", "loss2", "optimizer", "scheduler", "mixup_alpha", "cutmix_alpha")
+
+
+def sample(trial, params: dict[str, Range | Choice], base: TrainConfig | None = None) -> dict:
+    """One value per searched key from an Optuna trial (or FixedTrial), the keys that decide whether others matter
+    first; a key that changes nothing given the others (INERT) is not sampled and keeps the base config's value."""
+    current = dataclasses.asdict(base or TrainConfig())
     values = {}
-    for name, param in params.items():
+    for name in sorted(params, key=lambda k: CONTROLS.index(k) if k in CONTROLS else len(CONTROLS)):
+        param = params[name]
+        if name in INERT and INERT[name]({**current, **values}, param):
+            continue
         if isinstance(param, Choice):
             values[name] = trial.suggest_categorical(name, list(param.values))
         elif param.integer:
             values[name] = trial.suggest_int(name, param.low, param.high, step=param.step or 1, log=param.log)
         else:
             values[name] = trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
-    return values
+    return {k: values[k] for k in params if k in values}  # in the file's order, for the reports
 
 
 def contains(param: Range | Choice, value) -> bool:

@@ -1,15 +1,13 @@
-"""The Optuna study: storage, sampler, pruner, the wall-clock budget, and the objective, which trains a trial's folds
-through the normal trainer (src.train.cv.train_folds) and scores the mean best monitored metric over them."""
+"""The Optuna study: storage, sampler and pruner, the record that makes a resumed study comparable, and recovery:
+on --resume the trials an interrupt, a kill or the budget cut short are trained again (the base config included).
+Running the trials is src/tune/trials.py's part."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import math
+import os
 import re
-import time
+import socket
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +15,19 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storage runs on SQLAlchemy
 
-from src.core.config import config_differences, config_from_dict, config_to_dict
+from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
 from src.core.metrics import metric_mode
 from src.data.folds import parse_fold_arg
 from src.train.config import TrainConfig
-from src.train.cv import load_labelled, train_folds
-from src.tune.report import LOCATION_KEYS, best_trial, trial_line
-from src.tune.space import SearchSpace, contains, sample, space_record, trial_config
+from src.train.cv import load_labelled
+from src.tune.pruning import PROGRESS_STEPS, build_pruner
+from src.tune.report import LOCATION_KEYS, awaiting_retry
+from src.tune.space import SearchSpace, contains, space_record
 
-# Trials of different lengths are compared at the same share of their schedule, not the same epoch: at epoch 3 a
-# 30-epoch one-cycle run is still near its peak LR and trails a 10-epoch run that is nearly done. Each fold's
-# schedule reports at PROGRESS_STEPS points (the first epoch to reach each tenth).
-PROGRESS_STEPS = 10
-WARMUP_STEPS = 3  # no pruning in the first 30 % of the first fold: early epochs rank configs poorly (warmup, EMA lag)
 # A 15-minute budget runs about ten trials, so TPE starts modelling after five random ones (Optuna's default: 10).
 STARTUP_TRIALS = 5
-MAX_ERRORS_IN_A_ROW = 3  # the same mistake in every trial (a model that never builds) ends the study early
 BUDGET = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-PRUNERS = ("median", "hyperband", "none")
 
 
 @dataclass
@@ -91,27 +83,9 @@ def default_storage(tune_dir: Path) -> str:
     return f"sqlite:///{tune_dir / 'study.db'}"
 
 
-def build_pruner(name: str, max_steps: int) -> optuna.pruners.BasePruner:
-    """median: stop a trial whose best value so far is worse than the median of earlier trials at the same epoch;
-    hyperband: successive halving over epochs in brackets."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=WARMUP_STEPS)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min(WARMUP_STEPS, max_steps), max_resource=max_steps)
-    return optuna.pruners.NopPruner()
-
-
 def max_steps(job: TuneJob) -> int:
     """Pruning steps in a trial: PROGRESS_STEPS per tuned fold."""
     return PROGRESS_STEPS * len(job.folds)
-
-
-def progress_step(fold_position: int, epoch: int, epochs: int) -> tuple[int, bool]:
-    """(step, is_first_epoch_at_it): the schedule share reached after `epoch` (0-based) of `epochs`, in tenths,
-    counted on from the folds before; only the first epoch reaching a new tenth reports."""
-    tenth = PROGRESS_STEPS * (epoch + 1) // epochs
-    first = tenth > PROGRESS_STEPS * epoch // epochs
-    return fold_position * PROGRESS_STEPS + tenth, first
 
 
 def study_record(job: TuneJob) -> dict:
@@ -120,12 +94,14 @@ def study_record(job: TuneJob) -> dict:
     return json.loads(json.dumps({"space": space_record(job.space), "base_config": base, "folds": job.folds}))
 
 
-def open_study(job: TuneJob, storage: str, resume: bool, pruner: str) -> optuna.Study:
-    """Create the study (or, with --resume, load or join it); a new study tries the base config first, then the
-    space's start points."""
+def open_study(job: TuneJob, storage: str, resume: bool, pruner: str, must_exist: bool = False) -> optuna.Study:
+    """Create the study (or, with --resume, load or join it, and recover its cut-short trials); a new study tries
+    the base config first, then the space's start points. `must_exist` (--report): only an existing study."""
     direction = "maximize" if metric_mode(job.base.monitor) == "max" else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would double run_trials' line
     try:
+        if must_exist and job.name not in optuna.get_all_study_names(storage):
+            raise UserError(f"--report: no study {job.name!r} in {storage}; run tune.py without --report first")
         study = optuna.create_study(storage=storage, study_name=job.name, direction=direction,
                                     pruner=build_pruner(pruner, max_steps(job)), load_if_exists=resume)
     except optuna.exceptions.DuplicatedStudyError:
@@ -138,10 +114,52 @@ def open_study(job: TuneJob, storage: str, resume: bool, pruner: str) -> optuna.
                                                n_startup_trials=STARTUP_TRIALS)
     check_record(study, study_record(job), storage)
     if not study.trials:
-        first = {k: getattr(job.base, k) for k, p in job.space.params.items() if contains(p, getattr(job.base, k))}
+        first = base_point(job)
         for point in ([first] if first else []) + [{**first, **p} for p in job.space.starts if p]:
             study.enqueue_trial(point, skip_if_exists=True)
+    elif not must_exist:
+        for line in recover(study):
+            print(line)
     return study
+
+
+def base_point(job: TuneJob) -> dict:
+    """The base config's values of the searched keys: trial 0 trains exactly the base config."""
+    return {k: getattr(job.base, k) for k, p in job.space.params.items() if contains(p, getattr(job.base, k))}
+
+
+def owner() -> str:
+    """host:pid of this process, recorded on each trial it runs (so a later run can tell a dead one)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(tag: str) -> bool:
+    """Whether a trial's recorded process on this host has ended (a trial of another host: unknown, so False)."""
+    host, _, pid = str(tag).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return int(pid) == os.getpid()  # this very process was not running it: a pid reused since
+
+
+def recover(study: optuna.Study) -> list[str]:
+    """Fail the RUNNING trials whose process on this host is gone (a SIGKILL, a power cut), then queue again every
+    trial an interrupt, a kill or the budget stopped that has not been queued again yet. Lines saying what it did."""
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_is_dead(t.user_attrs.get("owner", "")):
+            optuna.Trial(study, t._trial_id).set_user_attr("note", f"killed (process {t.user_attrs['owner']} ended)")
+            study.tell(t.number, state=TrialState.FAIL)
+            lines.append(f"trial {t.number} was left running by a process that no longer exists: marked failed")
+    for t in awaiting_retry(study):
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        lines.append(f"trial {t.number} ({t.user_attrs['note']}) is queued again with the same values")
+    return lines
 
 
 def check_record(study: optuna.Study, record: dict, storage: str) -> None:
@@ -158,89 +176,3 @@ def check_record(study: optuna.Study, record: dict, storage: str) -> None:
                         f"it with the same space, config and --folds, or choose another --name")
 
 
-def trained_config(trial: optuna.trial.FrozenTrial) -> TrainConfig:
-    """The full TrainConfig a finished trial trained with."""
-    return config_from_dict(trial.user_attrs["config"], TrainConfig, source=f"trial {trial.number}")
-
-
-def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None) -> list[dict]:
-    """Train `folds` of `cfg` with the trainer's lines in <runs_dir>/<exp>/train.log (the console gets one line
-    per trial); each fold's metrics at its best epoch."""
-    run = Path(cfg.runs_dir) / cfg.exp
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / "train.log", "w") as log, contextlib.redirect_stdout(log):
-        results = train_folds(cfg, ",".join(map(str, folds)), overwrite=True, quiet=quiet, fold_source=fold_source,
-                              on_epoch=on_epoch)
-    return results
-
-
-def fold_mean(results: list[dict], metric: str) -> float:
-    return float(np.mean([result[metric] for result in results]))
-
-
-def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
-    """The objective: sample, train the tuned folds (pruned between epochs), then delete the checkpoints (config.json,
-    log.csv and oof.csv stay)."""
-    values = sample(trial, job.space.params)
-    cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
-    trial.set_user_attr("config", config_to_dict(cfg))
-    try:
-        results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg))
-        # What best_trial needs to break near-ties (src/tune/report.py).
-        trial.set_user_attr("val_log_loss", fold_mean(results, "log_loss"))
-        if cfg.monitor == "accuracy" and job.val_rows:
-            trial.set_user_attr("one_image", 1 / job.val_rows)  # the mean over folds of per-fold accuracies
-        return fold_mean(results, cfg.monitor)
-    finally:
-        for path in (job.trials_dir / cfg.exp).rglob("*.pt"):
-            path.unlink()
-
-
-def report_epoch(trial: optuna.Trial, job: TuneJob, cfg: TrainConfig, fold: int, row: dict) -> None:
-    """train_folds' on_epoch hook: report the epoch's validation metric, then stop the trial (TrialPruned, which
-    ends the run with its files intact) when the pruner says so or the budget is spent."""
-    value = row[f"val_{cfg.monitor}"]
-    step, first = progress_step(job.folds.index(fold), row["epoch"], cfg.epochs)
-    if math.isfinite(value) and first:
-        trial.report(value, step=step)
-    where = f"fold {fold} epoch {row['epoch']}"
-    if job.deadline is not None and time.monotonic() >= job.deadline:
-        raise optuna.TrialPruned(f"the --budget deadline stopped it after {where}")
-    if first and trial.should_prune():
-        raise optuna.TrialPruned(f"the pruner stopped it after {where} ({cfg.monitor} {value:.4f})")
-
-
-def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None) -> int:
-    """Ask, train, tell until `n_trials` have run or the budget is spent; one line per finished trial. A trial
-    whose sampled config is refused or diverges is pruned with its reason (TPE learns to avoid it; a failed trial
-    would teach it nothing). Returns the number of trials run."""
-    ran, errors_in_a_row = 0, 0
-    while (n_trials is None or ran < n_trials) and (job.deadline is None or time.monotonic() < job.deadline):
-        trial = study.ask()
-        value, state, note = None, TrialState.COMPLETE, ""
-        try:
-            value = run_trial(trial, job)
-        except optuna.TrialPruned as stop:
-            state, note = TrialState.PRUNED, str(stop)
-        except UserError as err:  # a combination TrainConfig or the model refuses, a diverged run
-            state, note = TrialState.PRUNED, f"error: {err}"
-        except BaseException:  # Ctrl-C or a bug: the trial is marked failed, the study stays usable
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        if value is not None and not math.isfinite(value):
-            value, state, note = None, TrialState.FAIL, f"{job.base.monitor} is {value} (undefined on these folds)"
-        if note:
-            trial.set_user_attr("note", note)
-        finished = study.tell(trial, value, state=state)
-        print(trial_line(finished, best_trial(study), job.base.monitor), flush=True)
-        ran += 1
-        errors_in_a_row = errors_in_a_row + 1 if note.startswith("error") else 0
-        if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise UserError(f"{errors_in_a_row} trials in a row stopped with an error; the last: {note}")
-    return ran
-
-
-def train_holdout(best: optuna.trial.FrozenTrial, job: TuneJob, folds: list[int]) -> float:
-    """Train the best trial's config on folds the study never validated on: a score not chosen on its own rows."""
-    cfg = dataclasses.replace(trained_config(best), exp=job.name, runs_dir=str(job.tune_dir / "holdout"))
-    return fold_mean(train_logged(cfg, folds, job.quiet, "--holdout-folds"), cfg.monitor)

@@ -9,8 +9,10 @@ import pytest
 
 from src.core.errors import UserError
 from src.train.config import TrainConfig
+from src.tune.pruning import RunningMean, progress_step
 from src.tune.space import parse_space
-from src.tune.study import TuneJob, check_folds, parse_budget, progress_step, report_epoch, run_trials
+from src.tune.study import TuneJob, check_folds, parse_budget
+from src.tune.trials import BudgetStop, report_epoch, run_trials
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400)])
@@ -42,8 +44,8 @@ def test_the_deadline_stops_a_running_trial_at_its_next_epoch(demo, tmp_path):
     job = tiny_job(demo, tmp_path, epochs=5)
     job.deadline = time.monotonic() - 1
     study = optuna.create_study(direction="maximize")
-    with pytest.raises(optuna.TrialPruned, match="--budget deadline stopped it after fold 0 epoch 2"):
-        report_epoch(study.ask(), job, job.base, 0, {"epoch": 2, "val_accuracy": 0.5})
+    with pytest.raises(BudgetStop, match="stopped by the --budget deadline after fold 0 epoch 2"):
+        report_epoch(study.ask(), job, job.base, RunningMean(), 0, {"epoch": 2, "val_accuracy": 0.5})
     assert study.trials[0].intermediate_values == {6: 0.5}  # 3 of 5 epochs = 6 tenths, reported before stopping
 
 
@@ -66,7 +68,7 @@ def test_a_hopeless_trial_is_pruned_after_its_first_epoch(demo, tmp_path):
     assert run_trials(study, job, n_trials=1) == 1
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
-    assert trial.user_attrs["note"].startswith("the pruner stopped it after fold 0 epoch 0 (accuracy ")
+    assert trial.user_attrs["note"].startswith("the pruner stopped it after fold 0 epoch 0 (accuracy so far ")
     run = job.trials_dir / "trial0"
     assert len(pd.read_csv(run / "fold0" / "log.csv")) == 1
     assert "fold 0 epoch  0" in (run / "train.log").read_text()

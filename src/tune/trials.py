@@ -1,0 +1,171 @@
+"""Running a study's trials: each trains the tuned folds through the normal trainer (src.train.cv.train_folds) and
+scores the mean over them of the **final** monitored metric (the last epoch's weights): the best epoch of a 40-epoch
+trial is the maximum of 40 noisy looks, of a 10-epoch trial of 10, so a best-epoch objective favours long trials.
+
+How trials end: complete; pruned (the pruner compares running values step by step, or the config was refused or
+diverged: TPE learns to avoid it); failed (the budget deadline, Ctrl-C / SIGTERM, a kill, or an error that is not
+the config's: TPE ignores failed trials, and --resume trains the cut-short ones again).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from src.core.config import config_from_dict, config_to_dict
+from src.core.errors import UserError
+from src.train.config import TrainConfig
+from src.train.cv import train_folds
+from src.tune.pruning import RunningMean, progress_step
+from src.tune.report import best_trial, trial_line
+from src.tune.space import sample, trial_config
+from src.tune.study import TuneJob, owner
+
+MAX_ERRORS_IN_A_ROW = 3  # the same mistake in every trial (a model that never builds) ends the study early
+
+
+class BudgetStop(Exception):
+    """The --budget deadline came during a run: the trial (or the held-out training) stops at its next epoch."""
+
+
+def trained_config(trial: optuna.trial.FrozenTrial) -> TrainConfig:
+    """The full TrainConfig a finished trial trained with."""
+    return config_from_dict(trial.user_attrs["config"], TrainConfig, source=f"trial {trial.number}")
+
+
+def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None) -> list[dict]:
+    """Train `folds` of `cfg` with the trainer's lines in <runs_dir>/<exp>/train.log (the console gets one line
+    per trial); each fold's metrics, of best.pt and (final_...) of the final weights."""
+    run = Path(cfg.runs_dir) / cfg.exp
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "train.log", "w") as log, contextlib.redirect_stdout(log):
+        results = train_folds(cfg, ",".join(map(str, folds)), overwrite=True, quiet=quiet, fold_source=fold_source,
+                              on_epoch=on_epoch)
+    return results
+
+
+def fold_mean(results: list[dict], metric: str) -> float:
+    return float(np.mean([result[metric] for result in results]))
+
+
+def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
+    """The objective: sample, train the tuned folds (pruned between epochs), score the mean final metric, then
+    delete the checkpoints (config.json, log.csv and the OOF files stay)."""
+    values = sample(trial, job.space.params, job.base)
+    cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
+    trial.set_user_attr("config", config_to_dict(cfg))
+    trial.set_user_attr("owner", owner())
+    try:
+        results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg,
+                                                                            RunningMean()))
+        if cfg.monitor == "accuracy" and job.val_rows:  # what best_trial needs to tell a tie (src/tune/report.py)
+            trial.set_user_attr("one_image", 1 / job.val_rows)  # the mean over folds of per-fold accuracies
+        trial.set_user_attr("best_epoch_value", fold_mean(results, cfg.monitor))  # optimistic; shown, never used
+        return fold_mean(results, f"final_{cfg.monitor}")
+    finally:
+        for path in (job.trials_dir / cfg.exp).rglob("*.pt"):
+            path.unlink()
+
+
+def report_epoch(trial: optuna.Trial, job: TuneJob, cfg: TrainConfig, running: RunningMean, fold: int,
+                 row: dict) -> None:
+    """train_folds' on_epoch hook: report the running mean of the objective at each tenth of a fold's schedule,
+    then stop the trial when the pruner says so (TrialPruned) or the budget is spent (BudgetStop); either ends the
+    run with its files intact."""
+    value = running.update(fold, row[f"val_{cfg.monitor}"])
+    step, first = progress_step(job.folds.index(fold), row["epoch"], cfg.epochs)
+    if math.isfinite(value) and first:
+        trial.report(value, step=step)
+    where = f"fold {fold} epoch {row['epoch']}"
+    if job.deadline is not None and time.monotonic() >= job.deadline:
+        raise BudgetStop(f"stopped by the --budget deadline after {where}")
+    if first and trial.should_prune():
+        raise optuna.TrialPruned(f"the pruner stopped it after {where} ({cfg.monitor} so far {value:.4f})")
+
+
+def log_error(job: TuneJob, trial: optuna.Trial) -> None:
+    """The traceback of a trial's unexpected error, appended to its train.log (the console gets one line)."""
+    log = job.trials_dir / f"trial{trial.number}" / "train.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        handle.write("\n" + traceback.format_exc())
+
+
+def seconds_needed(study: optuna.Study, job: TuneJob, holdout_folds: int) -> float:
+    """What the next trial needs, at least: the shortest complete trial so far, plus the held-out training (the
+    best trial's time per tuned fold, per held-out fold) that follows the study within the same budget."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.duration]
+    if not done:
+        return 0.0
+    best = best_trial(study)
+    per_fold = (best.duration.total_seconds() if best and best.duration else 0.0) / len(job.folds)
+    return min(t.duration.total_seconds() for t in done) + per_fold * holdout_folds
+
+
+def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_folds: int = 0) -> int:
+    """Ask, train, tell until `n_trials` have run or the budget cannot fit another trial; one line per finished
+    trial. Returns the number of trials run."""
+    ran, errors_in_a_row = 0, 0
+    while n_trials is None or ran < n_trials:
+        if job.deadline is not None and time.monotonic() + seconds_needed(study, job, holdout_folds) >= job.deadline:
+            break  # no trial could finish (nor the held-out training after it) before the deadline
+        trial = study.ask()
+        value, state, note = None, TrialState.COMPLETE, ""
+        try:
+            value = run_trial(trial, job)
+        except optuna.TrialPruned as stop:
+            state, note = TrialState.PRUNED, str(stop)
+        except UserError as err:  # a combination TrainConfig or the model refuses, a diverged run
+            state, note = TrialState.PRUNED, f"error: {err}"
+        except BudgetStop as stop:
+            state, note = TrialState.FAIL, str(stop)
+        except Exception as err:  # not the config's doing (CUDA out of memory, a full disk): this trial fails
+            log_error(job, trial)
+            state, note = TrialState.FAIL, f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        except BaseException:  # Ctrl-C, SIGTERM: the trial is failed and queued again on --resume
+            trial.set_user_attr("note", "interrupted (Ctrl-C or SIGTERM)")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        if value is not None and not math.isfinite(value):
+            value, state, note = None, TrialState.FAIL, f"{job.base.monitor} is {value} (undefined on these folds)"
+        if note:
+            trial.set_user_attr("note", note)
+        finished = study.tell(trial, value, state=state)
+        print(trial_line(finished, best_trial(study), job.base.monitor), flush=True)
+        ran += 1
+        errors_in_a_row = errors_in_a_row + 1 if note.startswith("error") else 0
+        if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+            raise UserError(f"{errors_in_a_row} trials in a row stopped with an error; the last: {note}")
+    return ran
+
+
+def holdout_runs_dir(job: TuneJob, best: optuna.trial.FrozenTrial, tag: str) -> Path:
+    """Where this process trains the best trial on the held-out folds: its own folder, so processes that joined
+    one study never overwrite each other's runs."""
+    return job.tune_dir / "holdout" / f"trial{best.number}-{tag.replace(':', '-')}"
+
+
+def train_holdout(best: optuna.trial.FrozenTrial, job: TuneJob, folds: list[int]) -> float | None:
+    """Train the best trial's config on folds the study never validated on (a score not chosen on its own rows):
+    the mean final metric, or None when the budget deadline stopped it."""
+    cfg = dataclasses.replace(trained_config(best), exp=job.name, runs_dir=str(holdout_runs_dir(job, best, owner())))
+
+    def stop_at_deadline(fold: int, row: dict) -> None:
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            raise BudgetStop(f"the --budget deadline stopped the held-out training after fold {fold} epoch "
+                             f"{row['epoch']}")
+
+    try:
+        return fold_mean(train_logged(cfg, folds, job.quiet, "--holdout-folds", stop_at_deadline),
+                         f"final_{cfg.monitor}")
+    except BudgetStop as stop:
+        print(stop)
+        return None
