@@ -152,18 +152,27 @@ def check_hub_weights(weights: HubWeights) -> str:
     raise UserError(f"--pretrained: {weights.repo_id} has none of {WEIGHT_FILES}")
 
 
-def create_hub_model(weights: HubWeights, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
-    """timm.create_model(pretrained=True): the cached weights, a fresh classifier, the first conv adapted."""
+def create_hub_model(weights: HubWeights, num_classes: int, in_chans: int, drop_rate: float,
+                     drop_path_rate: float = 0.0) -> nn.Module:
+    """timm.create_model(pretrained=True): the cached weights, a fresh classifier, the first conv adapted, and the
+    stochastic depth asked for (timm passes drop_path_rate to the architectures that have it)."""
     import timm
     file = check_hub_weights(weights)
     # timm's loader reads the cached file (a hub model: its cached folder) with no network round trip, and
     # handles the head and the first conv as for any pretrained model.
     overlay = None if weights.snapshot else {"file": file}
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     try:
         model = timm.create_model(weights.timm_name(), pretrained=True, pretrained_cfg_overlay=overlay,
-                                  num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+                                  num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **extra)
     except UserError:
         raise
+    except TypeError as err:  # an architecture without stochastic depth refuses the keyword
+        if not extra:
+            raise UserError(f"--pretrained: loading {weights.repo_id} failed ({str(err).splitlines()[0][:160]})") \
+                from None
+        raise UserError(f"model {weights.repo_id} does not support drop_path_rate ({str(err)[:80]}); set it to 0") \
+            from None
     except Exception as err:  # timm and the hub raise many kinds; all mean "these weights did not load"
         raise UserError(f"--pretrained: loading {weights.repo_id} failed ({str(err).splitlines()[0][:160]})") from None
     print(f"pretrained: {weights.repo_id} through timm's hub loader, classifier re-initialised for {num_classes} "

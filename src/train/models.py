@@ -142,7 +142,8 @@ def build_model(cfg: TrainConfig, in_chans: int, num_classes: int) -> nn.Module:
     """timm model by name with our channel and class counts, optionally with hub weights (through timm's
     loader) or local weights."""
     if is_hub(cfg.pretrained):
-        return create_hub_model(resolve_hub(cfg.model, cfg.pretrained), num_classes, in_chans, cfg.drop_rate)
+        return create_hub_model(resolve_hub(cfg.model, cfg.pretrained), num_classes, in_chans, cfg.drop_rate,
+                                cfg.drop_path_rate)
     name = cfg.model
     if name.startswith(HUB_PREFIX):  # a hub architecture, weights from elsewhere (a checkpoint): built from its
         name = resolve_hub(name, name).timm_name()  # cached config.json, or the one-line error says how to get it

@@ -1,6 +1,9 @@
 """Hub weights through timm's own loader, offline: a local Hugging Face cache layout of timm's tiny
 test_resnet.r160_in1k (random weights of the right shape) read with HF_HUB_OFFLINE=1, as on Kaggle."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import torch
 from src.data.folds import make_fold_file
 from src.train.hub import PROXY_VARIABLES
 
-from helpers import make_competition, run_subprocess
+from helpers import REPO, make_competition, run_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +104,17 @@ def test_missing_hub_weights_fail_in_one_line_before_anything_is_written(comp, t
                                "HF_ENDPOINT": "http://127.0.0.1:9", **{v: "" for v in PROXY_VARIABLES}})
     assert proc.returncode == 2 and "could not be downloaded" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_drop_path_rate_reaches_a_model_built_from_hub_weights(comp, tmp_path):
+    """config.json records drop_path_rate; the model must have it too (it used to be dropped for hub weights)."""
+    root, _ = comp
+    write_hf_cache(tmp_path / "hf")
+    code = ("from timm.layers import DropPath; from src.train.config import TrainConfig; "
+            "from src.train.models import build_model; "
+            f"m = build_model(TrainConfig(model='{MODEL}', pretrained='timm', drop_path_rate=0.1), 1, 3); "
+            "print(max([x.drop_prob for x in m.modules() if isinstance(x, DropPath)], default=0))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(0.1)
