@@ -8,7 +8,8 @@ not a memory map, so a process holds only the batches it asks for: the page cach
 without counting in the process's memory.
 
 The meta file is written last: a cache without one (interrupted), or whose meta or size no longer matches,
-is rebuilt, never trusted. A file lock lets one process build while the others (ranks, array tasks) wait and
+is rebuilt, never trusted; nor is one of the right size whose bytes changed (a sample of rows is checked against
+hashes recorded at build time, src/data/cache_check.py). A file lock lets one process build while the others (ranks, array tasks) wait and
 then reuse it; a complete cache in a read-only folder is reused without the lock. Decoding runs in parallel
 over the cores. The folder only ever grows: delete it (or files in it) to reclaim space; it is rebuilt.
 """
@@ -29,8 +30,9 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from src.core.atomic import write_text
+from src.core.atomic import write_bytes, write_text
 from src.core.errors import UserError
+from src.data.cache_check import ROW_DIGEST_BYTES, first_changed_row, hash_rows
 from src.data.images import (
     AUTO_MAX_SIDE_PX,
     ImageFacts,
@@ -172,15 +174,6 @@ def _write_chunk(chunk: tuple) -> int:
     return len(paths)
 
 
-def file_sha1(path: Path) -> str:
-    """sha1 of a file read in chunks: the same digest as of the whole array's bytes in memory."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def human_bytes(size: float) -> str:
     """1,536 -> '1.5 KiB' (binary units: 9.8 GB of decoded images print as 9.2 GiB)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -256,22 +249,48 @@ def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, 
                   f"--image-size-px the longer side is at most {AUTO_MAX_SIDE_PX} px; pass it to choose)")
     key = cache_key(files_key(paths), spec, interp)
     data, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
-    size = len(paths) * spec.height_px * spec.width_px * spec.in_chans
+    digests = data.with_suffix(".rows")
+    row_bytes = spec.height_px * spec.width_px * spec.in_chans
+    size = len(paths) * row_bytes
     shape = f"{len(paths)} images {spec.height_px}x{spec.width_px}x{spec.in_chans}"
     meta = _complete(meta_path, data, key, size)  # a finished cache needs no lock (it may be read-only)
-    if meta is None:
+    trusted = meta is not None and verified(meta, data, digests, row_bytes, len(paths))
+    if not trusted:
         with cache_lock(cache_dir / f"{key}.lock", cache_dir):
-            meta = _complete(meta_path, data, key, size)  # built by another process while this one waited
+            # Built by another process while this one waited (never the one just found changed).
+            meta = None if meta is not None else _complete(meta_path, data, key, size)
             if meta is None:
-                meta_path.unlink(missing_ok=True)  # a stale or partial cache is rebuilt, never trusted
+                meta_path.unlink(missing_ok=True)  # a stale, partial or changed cache is rebuilt, never trusted
                 build(paths, spec, interp, data, quiet)
+                sha1, rows = hash_rows(data, row_bytes)
+                write_bytes(digests, rows)
                 meta = {"format": CACHE_FORMAT, "key": key, "n": len(paths), "spec": asdict(spec),
-                        "interp": interp, "opencv": cv2.__version__, "sha1": file_sha1(data)}
+                        "interp": interp, "opencv": cv2.__version__, "sha1": sha1}
                 write_text(meta_path, json.dumps(meta, indent=1))
                 print(f"image cache: built {data} ({shape}, {human_bytes(size)})")
                 return CachedImages(data, spec, len(paths), meta["sha1"])
     print(f"image cache: reused {data} ({shape}, {human_bytes(size)})")
     return CachedImages(data, spec, len(paths), meta["sha1"])
+
+
+def verified(meta: dict, data: Path, digests: Path, row_bytes: int, n: int) -> bool:
+    """Whether a complete cache still holds the bytes it was built with: a sample of rows against the row hashes
+    recorded at build time (src/data/cache_check.py). A cache from before those hashes is hashed whole once against
+    its meta's sha1, and its row hashes are written then (where the folder allows)."""
+    if digests.is_file() and digests.stat().st_size == n * ROW_DIGEST_BYTES:
+        bad = first_changed_row(data, digests.read_bytes(), row_bytes, n)
+        if bad is None:
+            return True
+        what = f"row {bad} no longer matches the hash recorded when it was built"
+    else:
+        sha1, rows = hash_rows(data, row_bytes)
+        if sha1 == meta.get("sha1"):
+            with contextlib.suppress(OSError, UserError):
+                write_bytes(digests, rows)
+            return True
+        what = "its bytes no longer match the sha1 recorded when it was built"
+    print(f"image cache: {data} changed since it was built ({what}); rebuilding it")
+    return False
 
 
 def build(paths: list[Path], spec: ImageSpec, interp: str, target: Path, quiet: bool) -> None:

@@ -13,6 +13,7 @@ from filelock import FileLock
 
 import src.data.cache as cache
 from src.core.errors import UserError
+from src.data.cache_check import hash_rows
 from src.data.images import decode_all, infer_spec, spec_from_facts, to_array
 from src.data.rows import ConcatRows, RowView
 
@@ -37,7 +38,7 @@ def test_cached_rows_equal_decoding_in_memory_and_a_second_call_reuses_them(imag
     assert "image cache: built" in capsys.readouterr().out
     expected = in_memory(paths, 16)
     assert first.shape == expected.shape and np.array_equal(first[:], expected)
-    assert first.sha1 == cache.file_sha1(first.path)
+    assert first.sha1 == hash_rows(first.path, 16 * 16)[0]
     again = cache.cached_images(paths, folder, "cubic", quiet=True, image_size_px=16)
     assert "image cache: reused" in capsys.readouterr().out and again.path == first.path
     assert np.array_equal(again[[7, 2, 3]], expected[[7, 2, 3]])
@@ -59,6 +60,30 @@ def test_an_interrupted_or_changed_cache_is_rebuilt_never_trusted(images, capsys
     cv2.imwrite(str(paths[3]), np.full((10, 10), 255, np.uint8))  # an image changed: other files, other key
     changed = cache.cached_images(paths, folder, "cubic", quiet=True)
     assert changed.path != built.path and (changed[3] == 255).all()
+
+
+def test_a_cache_of_the_right_size_whose_bytes_changed_is_rebuilt_not_trusted(images, capsys):
+    paths, folder = images
+    built = cache.cached_images(paths, folder, "cubic", quiet=True)
+    expected = in_memory(paths)
+    row_bytes = int(np.prod(expected.shape[1:]))
+    with open(built.path, "r+b") as handle:  # one row overwritten in place: same size, same meta
+        handle.seek(7 * row_bytes)
+        handle.write(bytes(row_bytes))
+    capsys.readouterr()
+    again = cache.cached_images(paths, folder, "cubic", quiet=True)
+    out = capsys.readouterr().out
+    assert "changed since it was built (row 7 no longer matches" in out and "image cache: built" in out
+    assert np.array_equal(again[:], expected)
+    # A cache from before row hashes: hashed whole once against its meta's sha1, then its row hashes are written.
+    built.path.with_suffix(".rows").unlink()
+    cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert "reused" in capsys.readouterr().out and built.path.with_suffix(".rows").is_file()
+    built.path.with_suffix(".rows").unlink()
+    with open(built.path, "r+b") as handle:
+        handle.write(bytes(row_bytes))
+    cache.cached_images(paths, folder, "cubic", quiet=True)
+    assert "no longer match the sha1 recorded" in capsys.readouterr().out
 
 
 def test_parallel_decoding_writes_the_same_bytes_and_a_worker_error_is_one_line(images, monkeypatch, capsys):
