@@ -24,7 +24,8 @@ from src.core.atomic import save_figure, write_csv, write_text
 from src.core.metrics import accuracy, macro_f1
 from src.core.repro import git_commit
 from src.core.tables import markdown_table
-from src.infer.pipeline import load_oof_data, oof_by_view, test_images
+from src.infer.oof import load_oof_data, oof_by_view
+from src.infer.pipeline import test_images
 from src.infer.predictor import Predictor
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
 

@@ -1,4 +1,5 @@
-"""infer.py's flow: OOF check of TTA views, blend experiments, predict test, write and score a submission."""
+"""infer.py's flow: OOF check of TTA views and the blend (src/infer/oof.py), the holdout score, predict test, write and
+score a submission."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,115 +13,16 @@ import pandas as pd
 
 from src.core.atomic import check_writable, write_csv, write_text
 from src.core.errors import UserError
-from src.core.metrics import accuracy, eer_point, logloss
 from src.core.rundir import prob_columns, write_json
 from src.core.tables import markdown_table
-from src.data.contract import (
-    LabelTable,
-    changed_data,
-    changed_data_text,
-    data_fingerprint,
-    read_train_table,
-    resolve_image_path,
-)
-from src.data.folds import read_folds
-from src.data.holdout import split_holdout
+from src.data.contract import resolve_image_path
 from src.data.images import IMAGE_EXTS
-from src.data.rows import RowView
-from src.infer.ensemble import blend, fit_weights, nested_blend, nested_fit
+from src.infer.ensemble import blend
 from src.infer.holdout import holdout_section, predict_holdout, write_holdout
+from src.infer.oof import OofData, load_oof_data, oof_report
 from src.infer.predictor import Predictor, parse_threshold
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
-from src.infer.tta import chosen_mean, greedy_views, with_identity
-
-
-@dataclass
-class OofData:
-    """The labelled rows all experiments were validated on, in fold-file order; `table.holdout` holds the fold
-    file's holdout rows (None without), which no fold trained or validated on."""
-
-    ids: list[str]
-    y: np.ndarray
-    fold_of: np.ndarray
-    table: LabelTable
-    folds_path: Path
-
-
-def load_oof_data(predictors: list[Predictor], quiet: bool) -> OofData:
-    """Training rows and folds of the experiments: one fold file and class list, unchanged since training."""
-    cfg = predictors[0].cfg
-    for p in predictors[1:]:
-        if (p.cfg.data_dir, p.folds_csv) != (cfg.data_dir, predictors[0].folds_csv):
-            raise UserError(f"{p.exp_dir} and {predictors[0].exp_dir} used different data or fold files; "
-                            f"OOF rows would not line up")
-    table = read_train_table(cfg.data_dir, cfg.train_csv, cfg.image_dir, cfg.id_col, cfg.label_col)
-    if table.classes != predictors[0].classes:
-        raise UserError(f"{table.source}: classes changed since {predictors[0].exp_dir} was trained")
-    folds_path = Path(predictors[0].folds_csv)
-    table, fold_of = split_holdout(table, read_folds(folds_path, table, cfg.id_col, cfg.label_col))
-    return OofData(table.ids, table.labels, fold_of, table, folds_path)
-
-
-def oof_by_view(p: Predictor, data: OofData, views: list[str], quiet: bool, all_folds: bool = True
-                ) -> dict[str, np.ndarray]:
-    """Each fold model predicts its own validation rows under each view: {view: (N, classes)}. With
-    all_folds=False `p` may hold only some folds; the other folds' rows stay zero."""
-    images = p.cached(data.table.paths, quiet)
-    changed = changed_data(p.fingerprint, data_fingerprint(data.table, data.folds_path, images))
-    if changed or all_folds and int(data.fold_of.max()) + 1 != len(p.folds):
-        # A changed fold file would score rows with a model that trained on them.
-        raise UserError(f"{p.exp_dir}: train.csv, the fold file or the images changed since training "
-                        f"({changed_data_text(changed) if changed else 'fold count differs'}); its OOF and holdout "
-                        f"rows cannot be trusted")
-    out = {v: np.zeros((len(data.y), len(p.classes)), dtype=np.float32) for v in views}
-    for fold in p.folds:
-        rows = np.flatnonzero(data.fold_of == fold.fold)
-        probs = p.predict_views(RowView(images, rows), views, folds=[fold], quiet=quiet)[0]
-        for i, v in enumerate(views):
-            out[v][rows] = probs[i]
-    return out
-
-
-def scores(y: np.ndarray, probs: np.ndarray) -> dict:
-    return {"oof_accuracy": accuracy(y, probs), "oof_log_loss": logloss(y, probs)}
-
-
-def select_views(p: Predictor, data: OofData, greedy: bool, quiet: bool
-                 ) -> tuple[np.ndarray, pd.DataFrame, object]:
-    """Score every candidate view on OOF rows, choose the views (all, or greedy), return their mean OOF, the
-    table, and what the nested blend needs: the mean OOF, or with greedy a function of the fitting rows that
-    chooses the views on those rows only."""
-    by_view = oof_by_view(p, data, p.views, quiet)
-    rows = [{"views": v, **scores(data.y, probs)} for v, probs in by_view.items()]
-    rows.append({"views": f"mean of all {len(by_view)}", **scores(data.y, np.mean(list(by_view.values()), axis=0))})
-    nested_input = None
-    if greedy:
-        p.views = greedy_views(data.y, by_view)
-
-        def nested_input(fit_rows: np.ndarray) -> np.ndarray:
-            views = greedy_views(data.y[fit_rows], {v: b[fit_rows] for v, b in by_view.items()})
-            return np.mean([by_view[v] for v in views], axis=0)
-
-        nested, _ = nested_fit(data.fold_of, fit=nested_input, apply=lambda probs, held: probs[held])
-        rows.append({"views": "greedy, nested (each fold scored with views chosen on the others)",
-                     **scores(data.y, nested)})
-    chosen = np.mean([by_view[v] for v in p.views], axis=0)
-    rows.append({"views": "chosen: " + "+".join(p.views), **scores(data.y, chosen)})
-    return chosen, pd.DataFrame(rows), chosen if nested_input is None else nested_input
-
-
-def blend_weights(names: list[str], data: OofData, oofs: list[np.ndarray], mode: str, nested_inputs: list,
-                  greedy: bool) -> tuple[np.ndarray, pd.DataFrame]:
-    """Weights per experiment (equal, or fitted on all OOF rows) and a table with each alone, the mean,
-    and fitted weights scored by the nested scheme (with greedy TTA, the views are chosen inside it too)."""
-    rows = [{"blend": n, **scores(data.y, o)} for n, o in zip(names, oofs)]
-    rows.append({"blend": "mean", **scores(data.y, np.mean(oofs, axis=0))})
-    nested, _ = nested_blend(data.y, data.fold_of, nested_inputs)
-    chosen = "weights and greedy TTA views" if greedy else "weights"
-    rows.append({"blend": f"fitted weights, nested (each fold scored with {chosen} chosen on the others)",
-                 **scores(data.y, nested)})
-    weights = fit_weights(data.y, oofs) if mode == "fitted" else np.full(len(oofs), 1 / len(oofs))
-    return weights, pd.DataFrame(rows)
+from src.infer.tta import chosen_mean, with_identity
 
 
 def test_images(data_dir: Path, test_dir: str, sample: pd.DataFrame, sample_path: Path) -> list[Path]:
@@ -210,7 +112,8 @@ def make_submission(opt: InferOptions) -> dict:
     if opt.holdout_only and held is None:
         raise UserError(f"--holdout-only: {data.folds_path} has no holdout rows; make a fold file with "
                         f"make_folds.py --holdout 0.2 and train on it (--folds-csv)")
-    report, weights, blended_oof = oof_report(predictors, data, opt)
+    report, weights, blended_oof = oof_report(predictors, data, opt.name, opt.tta, opt.blend, opt.threshold,
+                                              opt.quiet)
     out, result, holdout = Path(opt.out_dir), {}, None
     if held is not None:
         table, held_probs = predict_holdout(predictors, held, weights, opt.quiet)
@@ -243,28 +146,6 @@ def make_submission(opt: InferOptions) -> dict:
             "private": result.get("private"), "holdout": result.get("holdout"),
             "written": datetime.now().isoformat(timespec="seconds")})
     return result
-
-
-def oof_report(predictors: list[Predictor], data: OofData, opt: InferOptions
-               ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The OOF part of the report (TTA views per experiment, the blend, an EER threshold), the blend weights
-    and the blended OOF probabilities; chooses each predictor's views and threshold on the way."""
-    report, oofs, nested_inputs = [f"# Submission {opt.name}\n"], [], []
-    for p in predictors:
-        oof, table, nested_input = select_views(p, data, opt.tta == "greedy", opt.quiet)
-        oofs.append(oof)
-        nested_inputs.append(nested_input)
-        report.append(f"## TTA on OOF rows: {p.exp_dir.name}\n\n{markdown_table(table)}\n")
-    weights, table = blend_weights([p.exp_dir.name for p in predictors], data, oofs, opt.blend, nested_inputs,
-                                   opt.tta == "greedy")
-    blended_oof = blend(oofs, weights)
-    if len(predictors) > 1:
-        report.append(f"## Blend on OOF rows\n\n{markdown_table(table)}\n\nweights used ({opt.blend}): "
-                      + ", ".join(f"{p.exp_dir.name}={w:.3f}" for p, w in zip(predictors, weights)) + "\n")
-    if opt.threshold == "eer":  # from the same (ensembled, TTA, blended) probabilities it is applied to
-        predictors[0].threshold = eer_point(data.y, blended_oof[:, 1])[1]
-        report.append(f"Decision threshold (OOF equal error rate): {predictors[0].threshold:.4f}\n")
-    return report, weights, blended_oof
 
 
 def predict_test(predictors: list[Predictor], paths: list[Path], quiet: bool) -> tuple[list[np.ndarray], str]:
