@@ -4,6 +4,8 @@ For each seed a fold file with a holdout is made (make_folds.py --seed S --holdo
 have one), then, each timed as the user would run it (a fresh process, decoding included):
 - notebook: bench/notebook_baseline.py, its fold models' final weights averaged on the holdout;
 - kit: train.py --fold all, then infer.py --holdout-only (the fold ensemble with TTA, as a submission is made).
+With --test (a data folder with test/, sample_submission.csv and solution.csv) both arms also predict the test set
+the same way and are scored on all its rows.
 Reported per arm, mean ± std over seeds: the **holdout** accuracy (no arm trained, selected or tuned on those rows),
 the final-epoch OOF accuracy of both arms, and the kit's best.pt OOF (optimistic: each fold's epoch was picked on
 its validation rows; shown, never compared); wall time; the kit's holdout gain in pp, paired per seed, and its time
@@ -32,6 +34,7 @@ from src.core.metrics import compute_metrics
 from src.core.repro import cpu_name
 from src.core.rundir import oof_arrays
 from src.core.tables import markdown_table
+from src.infer.submission import read_solution
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_ARGS = {"notebook": ["--quick"], "kit": ["--epochs", "1"]}
@@ -56,6 +59,8 @@ def parse_args():
     parser.add_argument("--seeds", default="42", help="comma list; each seed runs both arms")
     parser.add_argument("--cache-dir", default="", help="train.py --cache-dir (default: train.py's)")
     parser.add_argument("--out", default="", help="write the table here (Markdown) and a .csv beside it")
+    parser.add_argument("--test", action="store_true", help="also score both arms on the data folder's test set "
+                                                             "(test/, sample_submission.csv, solution.csv)")
     parser.add_argument("--quick", action="store_true", help="2 folds, 1 epoch per arm: checks the bench runs")
     return parser.parse_args()
 
@@ -96,9 +101,12 @@ def notebook_arm(args, seed: int, folds: Path, work: Path) -> tuple[float, dict]
     out = work / f"notebook_s{seed}.md"
     cmd = [sys.executable, "bench/notebook_baseline.py", *data_flags(args), "--folds-csv", str(folds),
            "--seed", str(seed), "--out", str(out), "--quiet", *shlex.split(args.notebook_args)]
-    seconds = run(cmd + (QUICK_ARGS["notebook"] if args.quick else []))
-    return seconds, {"holdout": read_probs(out.with_name(f"{out.stem}_holdout.csv")),
-                     "oof_final": read_probs(out.with_name(f"{out.stem}_oof.csv"))}
+    seconds = run(cmd + (QUICK_ARGS["notebook"] if args.quick else []) + (["--test"] if args.test else []))
+    frames = {"holdout": read_probs(out.with_name(f"{out.stem}_holdout.csv")),
+              "oof_final": read_probs(out.with_name(f"{out.stem}_oof.csv"))}
+    if args.test:
+        frames["test"] = with_truth(read_probs(out.with_name(f"{out.stem}_test.csv")), args)
+    return seconds, frames
 
 
 def kit_arm(args, seed: int, folds: Path, work: Path) -> tuple[float, dict]:
@@ -108,13 +116,29 @@ def kit_arm(args, seed: int, folds: Path, work: Path) -> tuple[float, dict]:
     cmd += ["--config", args.kit_config] if args.kit_config else []
     cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
     cmd += shlex.split(args.kit_args) + (QUICK_ARGS["kit"] if args.quick else [])
-    infer = [sys.executable, "infer.py", "--exp", exp, "--runs-dir", str(runs), "--holdout-only", "--tta", args.tta,
-             "--out-dir", str(work / "subs"), "--quiet"]
+    infer = [sys.executable, "infer.py", "--exp", exp, "--runs-dir", str(runs), "--tta", args.tta, "--name", exp,
+             "--out-dir", str(work / "subs"), "--quiet"] + ([] if args.test else ["--holdout-only"])
     seconds = run(cmd) + run(infer)
     folders = sorted((runs / exp).glob("fold*"))
-    return seconds, {"holdout": read_probs(work / "subs" / f"{exp}-holdout_holdout_probs.csv"),
-                     "oof_final": pd.concat([read_probs(p / "oof_final.csv") for p in folders]),
-                     "oof_best": pd.concat([read_probs(p / "oof.csv") for p in folders])}
+    frames = {"holdout": read_probs(work / "subs" / f"{exp}_holdout_probs.csv"),
+              "oof_final": pd.concat([read_probs(p / "oof_final.csv") for p in folders]),
+              "oof_best": pd.concat([read_probs(p / "oof.csv") for p in folders])}
+    if args.test:
+        frames["test"] = with_truth(read_probs(work / "subs" / f"{exp}_test_probs.csv"), args)
+    return seconds, frames
+
+
+def with_truth(probs: pd.DataFrame, args) -> pd.DataFrame:
+    """Test probabilities (first column: the sample submission's id) with the solution's label beside them."""
+    solution = read_solution(Path(args.data_dir) / "solution.csv")
+    id_col, label_col = solution.columns[0], solution.columns[1]
+    probs = probs.rename(columns={probs.columns[0]: id_col}).astype({id_col: str})
+    truth = solution[[id_col, label_col]].rename(columns={label_col: "label"}).astype(str)
+    merged = probs.merge(truth, on=id_col, how="left", validate="one_to_one")
+    missing = merged[id_col][merged["label"].isna()]
+    if len(missing):
+        raise UserError(f"{args.data_dir}/solution.csv: no label for test id {missing.iloc[0]!r}")
+    return merged
 
 
 def scored(frames: dict) -> dict:
@@ -139,6 +163,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for arm, part in runs.groupby("arm", sort=False):
         row = {"arm": arm, "seeds": len(part), "holdout accuracy": mean_std(part["holdout_accuracy"]),
+               **({"test accuracy": mean_std(part["test_accuracy"])} if "test_accuracy" in part else {}),
                "final-epoch OOF accuracy": mean_std(part["oof_final_accuracy"]),
                "best.pt OOF accuracy (optimistic, not compared)": mean_std(part.get("oof_best_accuracy", pd.Series()))}
         if "holdout_eer" in part:
@@ -154,8 +179,12 @@ def verdict(runs: pd.DataFrame) -> str:
     oof = 100 * (kit["oof_final_accuracy"].mean() - nb["oof_final_accuracy"].mean())
     ratio = kit["wall_s"].mean() / nb["wall_s"].mean()
     per_seed = ", ".join(f"{g:+.1f}" for g in gains)
+    test = ""
+    if "test_accuracy" in kit:
+        tests = 100 * (kit["test_accuracy"] - nb["test_accuracy"])
+        test = f"; on the test set {tests.mean():+.1f} pp (per seed {', '.join(f'{g:+.1f}' for g in tests)})"
     return (f"Kit gain on the holdout: **{gains.mean():+.1f} pp** (per seed {per_seed}) at **{ratio:.2f}x** the "
-            f"notebook's wall time; on the final-epoch OOF {oof:+.1f} pp.")
+            f"notebook's wall time{test}; on the final-epoch OOF {oof:+.1f} pp.")
 
 
 def main() -> None:
@@ -169,7 +198,7 @@ def main() -> None:
             for arm, runner in (("notebook", notebook_arm), ("kit", kit_arm)):
                 seconds, frames = runner(args, seed, folds, work)
                 rows.append({"arm": arm, "seed": seed, "wall_s": seconds, "n_holdout": len(frames["holdout"]),
-                             **scored(frames)})
+                             **({"n_test": len(frames["test"])} if "test" in frames else {}), **scored(frames)})
                 print(f"seed {seed} {arm}: holdout accuracy {rows[-1]['holdout_accuracy']:.4f} "
                       f"({rows[-1]['n_holdout']} rows), final-epoch OOF {rows[-1]['oof_final_accuracy']:.4f}, "
                       f"{seconds:.0f} s", flush=True)
@@ -180,6 +209,7 @@ def main() -> None:
             f"kit: `train.py {'--config ' + args.kit_config if args.kit_config else ''} {args.kit_args}` + "
             f"`infer.py --holdout-only --tta {args.tta}`; notebook: `bench/notebook_baseline.py {args.notebook_args}`; "
             f"seeds {args.seeds}; scored on {holdout}, {int(runs['n_holdout'].iloc[0])} rows"
+            f"{f', and the test set, {int(runs.n_test.iloc[0])} rows' if args.test else ''}"
             f"{'; --quick: not a measurement' if args.quick else ''}. Machine: {cpu_name()} ({platform.machine()}); "
             f"the whole sitting {time.perf_counter() - start:.0f} s.\n\n{markdown_table(summary(runs))}\n\n"
             f"{verdict(runs)}\n")

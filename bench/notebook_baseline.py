@@ -9,8 +9,8 @@ row (same ids, same folds) and both can be run side by side on one machine. When
 (make_folds.py --holdout) no fold trains on it; the average of the fold models' final predictions is scored there,
 as the kit's fold ensemble is by infer.py.
 
-Only the data listing (src.data.contract / src.data.folds: same rows, same order, same folds) and the report
-plumbing (the kit's metric definitions, so numbers compare like for like; tables; atomic writes; one-line
+Only the data listing (src.data.contract / src.data.folds / src.data.holdout: same rows, same order, same folds,
+same holdout; the sample submission's ids) and the report plumbing (the kit's metric definitions, so numbers compare like for like; tables; atomic writes; one-line
 errors) come from the kit. The training below is notebook code and uses torch/torchvision/numpy/cv2 alone.
 
     python bench/notebook_baseline.py --data-dir data/mnist5k --no-flip --out bench/notebook_mnist5k.md
@@ -18,8 +18,9 @@ errors) come from the kit. The training below is notebook code and uses torch/to
     python bench/notebook_baseline.py --data-dir DIR --quick    # 1 epoch, <=200 training images, 2 folds: runs?
 
 --out report.md also writes report.csv (the same table), report_oof.csv (id, label, fold, pred,
-prob_<class>...: the format of the kit's oof.csv) and, with a holdout, report_holdout.csv (the same columns,
-fold 'holdout': the fold models' mean).
+prob_<class>...: the format of the kit's oof.csv), with a holdout report_holdout.csv (the same columns, fold
+'holdout': the fold models' mean), and with --test report_test.csv (sample_submission.csv's id column and
+prob_<class>...: the fold models' mean on the test images, as the kit's <name>_test_probs.csv).
 """
 import os
 import platform
@@ -44,9 +45,10 @@ from src.core.errors import UserError
 from src.core.metrics import accuracy, eer, logloss
 from src.core.repro import cpu_name
 from src.core.tables import markdown_table
-from src.data.contract import read_train_table
+from src.data.contract import read_train_table, resolve_image_path
 from src.data.folds import default_folds_path, parse_fold_arg, read_folds
 from src.data.holdout import split_holdout
+from src.infer.submission import read_sample
 
 QUICK_TRAIN_IMAGES = 200
 HOLDOUT_ROW = "holdout (mean of the fold models)"
@@ -75,6 +77,9 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--out", default="", help="write the report here (Markdown), plus .csv and _oof.csv "
                         "beside it (default: print only)")
+    parser.add_argument("--test", action="store_true",
+                        help="also predict the test images (the ids of sample_submission.csv in test/) with the mean "
+                             "of the fold models")
     parser.add_argument("--quick", action="store_true",
                         help=f"1 epoch, at most {QUICK_TRAIN_IMAGES} training images per fold, the first 2 folds: "
                              f"checks that it runs (no measurement)")
@@ -95,6 +100,14 @@ def load_split(args):
                         f"--out {folds_path}")
     table, fold_of = split_holdout(table, read_folds(folds_path, table, args.id_col, args.label_col))
     return table, fold_of, folds_path
+
+
+def test_listing(data_dir: Path) -> tuple[pd.Series, list[Path]]:
+    """(sample_submission.csv's id column, the image of each id in test/), through the kit's own id lookup."""
+    sample = read_sample(data_dir / "sample_submission.csv")
+    ids = sample.iloc[:, 0]
+    where = f"{data_dir / 'sample_submission.csv'}"
+    return ids, [resolve_image_path(i, data_dir / "test", f"{where} line {n + 2}") for n, i in enumerate(ids)]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -203,9 +216,9 @@ def predict(model: nn.Module, images: np.ndarray, mean: list[float], std: list[f
 
 
 def run_fold(k: int, images: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, n_classes: int, args,
-             device: torch.device, held: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Train on every row outside fold k, predict fold k (and the holdout images `held`); (table row, validation
-    row indices, their probabilities, the holdout's probabilities or None)."""
+             device: torch.device, held: np.ndarray | None = None, test: np.ndarray | None = None) -> tuple:
+    """Train on every row outside fold k, predict fold k (and the holdout images `held`, the test images `test`);
+    (table row, validation row indices, their probabilities, the holdout's and the test's probabilities or None)."""
     torch.manual_seed(args.seed + k)
     np.random.seed(args.seed + k)
     train_idx, val_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
@@ -222,7 +235,7 @@ def run_fold(k: int, images: np.ndarray, labels: np.ndarray, fold_of: np.ndarray
     probs = predict(model, images[val_idx], mean, std, device)
     row = {"fold": str(k), "n_train": len(train_idx), "n_val": len(val_idx),
            **scores(labels[val_idx], probs), "train_s": seconds, "images_per_s": seen / seconds}
-    return row, val_idx, probs, None if held is None else predict(model, held, mean, std, device)
+    return row, val_idx, probs, *(None if x is None else predict(model, x, mean, std, device) for x in (held, test))
 
 
 def scores(y: np.ndarray, probs: np.ndarray) -> dict:
@@ -295,18 +308,22 @@ def main() -> None:
         raise UserError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     held = table.holdout
-    images = decode_images(table.paths + (held.paths if held else []), args.image_size_px, args.quiet)
-    images, held_images = (images[:len(table.ids)], images[len(table.ids):]) if held else (images, None)
-    rows, val_rows, val_probs, held_probs = [], [], [], []
+    test_ids, test_paths = test_listing(Path(args.data_dir)) if args.test else ([], [])
+    images = decode_images(table.paths + (held.paths if held else []) + test_paths, args.image_size_px, args.quiet)
+    images, extra = images[:len(table.ids)], images[len(table.ids):]  # one size for all: decoded together
+    held_images = extra[:len(held.ids)] if held else None
+    test_images = extra[len(extra) - len(test_paths):] if test_paths else None
+    rows, val_rows, val_probs, held_probs, test_probs = [], [], [], [], []
     for k in folds:
-        row, val_idx, probs, on_held = run_fold(k, images, table.labels, fold_of, len(table.classes), args, device,
-                                                held_images)
+        row, val_idx, probs, on_held, on_test = run_fold(k, images, table.labels, fold_of, len(table.classes), args,
+                                                         device, held_images, test_images)
         print(f"fold {k}: accuracy {row['accuracy']:.4f}, log loss {row['log_loss']:.4f}, "
               f"{row['train_s']:.1f} s training, {row['images_per_s']:.0f} img/s", flush=True)
         rows.append(row)
         val_rows.append(val_idx)
         val_probs.append(probs)
         held_probs.append(on_held)
+        test_probs.append(on_test)
     val_idx, probs = np.concatenate(val_rows), np.concatenate(val_probs)
     holdout = (held.labels, np.mean(held_probs, axis=0)) if held else None
     summary = summary_table(rows, table.labels[val_idx], probs, holdout)
@@ -320,6 +337,10 @@ def main() -> None:
         if held:
             write_csv(out.with_name(f"{out.stem}_holdout.csv"), oof_frame(
                 held.ids, held.labels, np.array(["holdout"] * len(held.ids)), holdout[1], table.classes))
+        if test_paths:
+            write_csv(out.with_name(f"{out.stem}_test.csv"), pd.concat([
+                pd.DataFrame({test_ids.name: test_ids}),
+                pd.DataFrame(np.mean(test_probs, axis=0), columns=[f"prob_{c}" for c in table.classes])], axis=1))
 
 
 if __name__ == "__main__":

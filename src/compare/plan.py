@@ -25,6 +25,7 @@ from src.core.repro import REPO
 from src.core.rundir import fold_dir, fold_finished
 from src.data.contract import read_train_table
 from src.data.folds import fold_file_candidates, parse_fold_arg
+from src.data.holdout import HOLDOUT_LABEL
 
 
 @dataclass
@@ -165,13 +166,19 @@ def regime_fold_file(data_dir: str, flags: list[str]) -> Path | None:
     return found[0] if found else None  # several: train.py asks the user to choose
 
 
+def fold_count(path: Path) -> int:
+    """K of a fold file (its holdout rows, marked `holdout`, are no fold)."""
+    folds = pd.read_csv(path, usecols=["fold"], dtype=str)["fold"].str.strip()
+    return int(pd.to_numeric(folds[folds != HOLDOUT_LABEL], errors="raise").max()) + 1
+
+
 def run_folds(spec: AblationSpec, run: Run) -> list[int]:
     """The regime's folds of this run's fold file (--folds-csv in the flags, else the data's own fold file;
     5 folds, make_folds.py's default, while prepare_commands has yet to write it)."""
     args = run.args
     path = Path(args[args.index("--folds-csv") + 1]) if "--folds-csv" in args[:-1] else \
         regime_fold_file(run.regime.data_dir, args)
-    n_folds = int(pd.read_csv(path, usecols=["fold"])["fold"].max()) + 1 if path and path.is_file() else 5
+    n_folds = fold_count(path) if path and path.is_file() else 5
     return parse_fold_arg(run.regime.folds, n_folds)
 
 

@@ -35,7 +35,8 @@ ENSEMBLE = "ensemble"
 
 def weights_stamp(exp_dir: Path, folds: list[int]) -> str:
     """Changes whenever a fold's best.pt or last.pt is rewritten, so cached scores are never stale."""
-    stats = [(k, (exp_dir / f"fold{k}" / name).stat()) for k in folds for name in ("best.pt", "last.pt")]
+    stats = [(k, (exp_dir / f"fold{k}" / name).stat()) for k in folds for name in ("best.pt", "last.pt")
+             if (exp_dir / f"fold{k}" / name).is_file()]
     parts = [f"{k}:{st.st_size}:{st.st_mtime_ns}" for k, st in stats]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -45,10 +46,17 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
     fold ensemble's holdout and leaderboard); holdout only where the fold file has one, public/private where the
     data folder has a solution.csv."""
     p = Predictor.load(exp_dir, device=device, tta=tta, folds=folds)  # best.pt: what infer.py submits
-    final = Predictor.load(exp_dir, device=device, tta=tta, folds=folds, weights="final")
     data = load_oof_data([p], quiet)
-    oof_best, oof = (np.mean(list(oof_by_view(q, data, q.views, quiet, all_folds=False).values()), axis=0)
-                     for q in (p, final))
+
+    def oof_of(q: Predictor) -> np.ndarray:
+        return np.mean(list(oof_by_view(q, data, q.views, quiet, all_folds=False).values()), axis=0)
+
+    oof_best = oof_of(p)
+    if all((exp_dir / f"fold{k}" / "last.pt").is_file() for k in folds):
+        oof = oof_of(Predictor.load(exp_dir, device=device, tta=tta, folds=folds, weights="final"))
+    else:  # last.pt deleted to save disk: no final weights to judge, so no OOF verdict for this run
+        print(f"{exp_dir}: a fold has no last.pt, so its final weights cannot be scored; its OOF is left out")
+        oof = np.full_like(oof_best, np.nan)
     data_dir = Path(p.cfg.data_dir)
     sample_path, solution_path = data_dir / "sample_submission.csv", data_dir / "solution.csv"
     has_lb = sample_path.is_file() and solution_path.is_file()
@@ -62,7 +70,9 @@ def score_run(exp_dir: Path, folds: list[int], tta: str, metric: str, device: st
         scores = score_frame(frame, solution, metric, sample_path)
         return {k: scores[k] for k in ("public", "private") if k in scores}
 
-    score = SCORERS[metric]
+    def score(y: np.ndarray, probs: np.ndarray) -> float:
+        return float("nan") if np.isnan(probs).any() else SCORERS[metric](y, probs)
+
     held = data.table.holdout
     if held is not None:  # predicted like the test set: per fold model, then the fold ensemble
         per_fold_held = p.predict_views(p.cached(held.paths, quiet), p.views, quiet=quiet).mean(axis=1)

@@ -24,8 +24,9 @@ NOT_SETTINGS = ("exp", "runs_dir", "device", "threads", "num_workers")
 LB_SUFFIX = "_lb.json"
 RUN_TABLE_NOTE = ("OOF of the final weights: nothing was chosen on those rows. best.pt's OOF is optimistic: each "
                   "fold's epoch was picked on the rows it is scored on. cv_epochs: the epoch count with the best "
-                  "mean validation curve over the folds (`train.py --epochs N`). holdout: infer.py's score on the "
-                  "fold file's holdout rows (make_folds.py --holdout), which no fold trained, selected or tuned on.")
+                  "mean validation curve over the folds (`train.py --epochs N`). holdout_accuracy: infer.py's "
+                  "accuracy on the fold file's holdout rows (make_folds.py --holdout), which no fold trained, "
+                  "selected or tuned on.")
 
 
 def fold_records(exp: Path) -> dict[int, dict]:
@@ -65,7 +66,7 @@ def read_leaderboards(submissions_dir: Path) -> dict[str, dict]:
             continue  # blends are not one experiment's score
         exp, written = record["experiments"][0], record.get("written", "")
         mine = out.setdefault(exp, {})
-        for keys in (("public", "private"), ("holdout",)):
+        for keys in (("public", "private"), ("holdout_accuracy",)):
             if any(record.get(k) is not None for k in keys) and written > mine.get(f"{keys[0]}_written", ""):
                 mine.update({k: record.get(k) for k in keys}, **{f"{keys[0]}_written": written})
                 if keys[0] == "public":
@@ -121,7 +122,7 @@ def experiment_row(exp: Path, metric: str, leaderboards: dict) -> dict | None:
         "folds": f"{len(scores['best'])}/{first.get('n_folds', '?')}",
         f"oof_{metric}": final, f"oof_{metric}_std": final_std, f"oof_{metric}_best": best,
         f"oof_{metric}_best_std": best_std, "cv_epochs": cv.epochs if cv else np.nan,
-        **{k: np.nan if lb.get(k) is None else lb[k] for k in ("holdout", "public", "private")},
+        **{k: np.nan if lb.get(k) is None else lb[k] for k in ("holdout_accuracy", "public", "private")},
         "train_minutes": seconds / 60, "last_epoch_at": datetime.fromtimestamp(max(dates)).strftime("%Y-%m-%d %H:%M")
         if dates else "", "note": "folds trained with different configs" if mixed else ""}
 
@@ -154,10 +155,10 @@ def table_text(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         out.insert(4, label, [("" if np.isnan(m) else f"{m:.4f}") + ("" if np.isnan(s) else f" ± {s:.4f}")
                               for m, s in zip(mean, std)])
     out["cv_epochs"] = ["" if pd.isna(v) else str(int(v)) for v in out["cv_epochs"]]
-    for col in ("holdout", "public", "private"):
+    for col in ("holdout_accuracy", "public", "private"):
         out[col] = ["" if pd.isna(v) else f"{v:.4f}" for v in out[col]]
-    if not (out["holdout"] != "").any():
-        out = out.drop(columns="holdout")
+    if not (out["holdout_accuracy"] != "").any():
+        out = out.drop(columns="holdout_accuracy")
     out["train_minutes"] = [f"{v:.1f}" for v in out["train_minutes"]]
     if not out["note"].astype(bool).any():
         out = out.drop(columns="note")

@@ -257,9 +257,9 @@ def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, 
     trusted = meta is not None and verified(meta, data, digests, row_bytes, len(paths))
     if not trusted:
         with cache_lock(cache_dir / f"{key}.lock", cache_dir):
-            # Built by another process while this one waited (never the one just found changed).
-            meta = None if meta is not None else _complete(meta_path, data, key, size)
-            if meta is None:
+            # Built (or rebuilt after the same damage) by another process while this one waited: checked again.
+            meta = _complete(meta_path, data, key, size)
+            if meta is None or not verified(meta, data, digests, row_bytes, len(paths), say=False):
                 meta_path.unlink(missing_ok=True)  # a stale, partial or changed cache is rebuilt, never trusted
                 build(paths, spec, interp, data, quiet)
                 sha1, rows = hash_rows(data, row_bytes)
@@ -273,10 +273,11 @@ def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, 
     return CachedImages(data, spec, len(paths), meta["sha1"])
 
 
-def verified(meta: dict, data: Path, digests: Path, row_bytes: int, n: int) -> bool:
+def verified(meta: dict, data: Path, digests: Path, row_bytes: int, n: int, say: bool = True) -> bool:
     """Whether a complete cache still holds the bytes it was built with: a sample of rows against the row hashes
     recorded at build time (src/data/cache_check.py). A cache from before those hashes is hashed whole once against
-    its meta's sha1, and its row hashes are written then (where the folder allows)."""
+    its meta's sha1, and its row hashes are written then (a read-only folder cannot keep them: such a cache is hashed
+whole at every reuse, so rebuild it once where it can be written)."""
     if digests.is_file() and digests.stat().st_size == n * ROW_DIGEST_BYTES:
         bad = first_changed_row(data, digests.read_bytes(), row_bytes, n)
         if bad is None:
@@ -289,7 +290,8 @@ def verified(meta: dict, data: Path, digests: Path, row_bytes: int, n: int) -> b
                 write_bytes(digests, rows)
             return True
         what = "its bytes no longer match the sha1 recorded when it was built"
-    print(f"image cache: {data} changed since it was built ({what}); rebuilding it")
+    if say:
+        print(f"image cache: {data} changed since it was built ({what}); it is rebuilt")
     return False
 
 

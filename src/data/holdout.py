@@ -7,6 +7,9 @@ so guards can refuse them as extra training rows, and so infer.py can score them
 """
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
@@ -16,6 +19,8 @@ from src.data.contract import LabelTable, subset
 HOLDOUT = -1  # a holdout row's fold in memory
 HOLDOUT_LABEL = "holdout"  # ... and in the fold file
 MAX_FRACTION = 0.5
+GROUPED_PARTS = 10  # a grouped holdout is made of tenths of the groups
+SHARE_TOLERANCE = 0.05
 
 
 def check_fraction(fraction: float) -> float:
@@ -27,19 +32,31 @@ def check_fraction(fraction: float) -> float:
 
 def assign_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A boolean mask of the holdout rows: stratified by label, and whole groups (duplicates, --group-col) when
-    rows must stay together. Grouped: StratifiedGroupKFold into about 1/fraction parts, the part nearest the
-    asked share (so the share is approximate)."""
-    n = len(labels)
-    if len(np.unique(groups)) == n:
+    rows must stay together. Grouped: StratifiedGroupKFold into ten parts (fewer groups: one part each), the first
+    round(fraction x parts) of them, so the share is approximate."""
+    n, n_classes = len(labels), len(np.unique(labels))
+    n_groups = len(np.unique(groups))
+    if n_groups == n:
+        held_rows = math.ceil(fraction * n)  # as scikit-learn rounds it
+        if held_rows < n_classes:
+            raise UserError(f"--holdout {fraction:g}: {held_rows} of {n} rows cannot hold an image of each of the "
+                            f"{n_classes} classes; raise --holdout")
         split = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         _, held = next(split.split(np.zeros(n), labels))
     else:
-        parts = max(2, round(1 / fraction))
+        parts = min(GROUPED_PARTS, n_groups)
+        take = max(1, round(fraction * parts))
+        if take >= parts:
+            raise UserError(f"--holdout {fraction:g}: only {n_groups} groups of rows that must stay together; "
+                            f"lower --holdout or merge fewer rows")
         splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
-        held = min((rows for _, rows in splitter.split(np.zeros(n), labels, groups)),
-                   key=lambda rows: abs(len(rows) - fraction * n))
+        held = np.concatenate([rows for _, rows in itertools.islice(splitter.split(np.zeros(n), labels, groups),
+                                                                    take)])
     mask = np.zeros(n, dtype=bool)
     mask[held] = True
+    if abs(mask.mean() - fraction) > SHARE_TOLERANCE:
+        print(f"warning: the holdout holds {mask.mean():.1%} of the rows, not {fraction:.0%}: rows that must stay "
+              f"together (duplicates, --group-col) move as whole groups")
     return mask
 
 

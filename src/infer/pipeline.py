@@ -93,7 +93,7 @@ def check_outputs(opt: InferOptions, sample: pd.DataFrame, sample_path: Path, cl
 
 def make_submission(opt: InferOptions) -> dict:
     """The whole flow; returns the submission's leaderboard scores (empty without a solution file) and, when the
-    fold file has a holdout, its score (`holdout`). A data folder with neither a test folder nor a sample
+    fold file has a holdout, its accuracy (`holdout_accuracy`). A data folder with neither a test folder nor a sample
     submission (cross-validation only), or --holdout-only, gets the OOF report (and the holdout's) alone."""
     predictors = load_predictors(opt)
     lead = predictors[0]
@@ -120,7 +120,7 @@ def make_submission(opt: InferOptions) -> dict:
         section = holdout_section(table, held, opt.weights)
         report.append(section)
         holdout = (table, held_probs, section)
-        result["holdout"] = float(table["accuracy"].iloc[-1])
+        result["holdout_accuracy"] = float(table["accuracy"].iloc[-1])
     if cv_only or opt.holdout_only:
         report[0] = f"# OOF report {opt.name}\n"
         why = "--holdout-only" if opt.holdout_only else (f"{data_dir} has no {opt.test_dir}/ and no {opt.sample_csv} "
@@ -143,7 +143,7 @@ def make_submission(opt: InferOptions) -> dict:
         write_json(out / f"{opt.name}_lb.json", {
             "experiments": [p.exp_dir.name for p in predictors], "runs_dir": str(opt.runs_dir), "tta": opt.tta,
             "weights": opt.weights, "metric": result.get("metric", "accuracy"), "public": result.get("public"),
-            "private": result.get("private"), "holdout": result.get("holdout"),
+            "private": result.get("private"), "holdout_accuracy": result.get("holdout_accuracy"),
             "written": datetime.now().isoformat(timespec="seconds")})
     return result
 

@@ -39,7 +39,7 @@ from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
 from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
 from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
-from src.train.oof_summary import counted_folds, summarize_oof, summary_text
+from src.train.oof_summary import counted_folds, summarize_oof, summary_text, validation_readers
 
 
 def run_dir_action(run_dir: Path, resume: bool, overwrite: bool) -> str:
@@ -213,10 +213,11 @@ def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, cfg: Tra
     submits), over every fold of this experiment trained with this config."""
     folds = counted_folds(exp, config_to_dict(cfg), fingerprint)
     mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
-    summary, cv = summarize_oof(exp, table.classes, folds, cfg.monitor, mode)
+    readers = validation_readers(config_to_dict(cfg))
+    summary, cv = summarize_oof(exp, table.classes, folds, cfg.monitor, mode, readers)
     oof = pd.concat([read_oof(exp / f"fold{k}" / OOF_BEST, table.classes)[2] for k in folds], ignore_index=True)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
     write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,
                       RowView(images, [row_of[i] for i in oof["id"]]))
     print(f"\nOOF summary ({exp}/oof_summary.md; confusion.png, per_class.md, wrong.png beside it):\n"
-          f"{summary_text(summary, cv, cfg.monitor)}")
+          f"{summary_text(summary, cv, cfg.monitor, readers)}")

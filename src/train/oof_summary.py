@@ -40,6 +40,7 @@ class CvEpoch:
     folds: int
     monitor: str
     last: bool  # the last epoch every fold reached: no shorter run was better on the mean curve
+    cut: bool  # some folds ran longer (others stopped early): the curve ends where the shortest fold did
 
 
 def counted_folds(exp: Path, config: dict, fingerprint: dict) -> list[int]:
@@ -88,13 +89,21 @@ def cv_epoch(logs: list[pd.DataFrame], monitor: str, mode: str) -> CvEpoch | Non
         return None
     scores = np.where(np.isfinite(curve), curve, -np.inf if mode == "max" else np.inf)
     index = int(np.argmax(scores) if mode == "max" else np.argmin(scores))
-    return CvEpoch(index + 1, float(curve[index]), float(curve[-1]), len(logs), monitor, index == reached - 1)
+    return CvEpoch(index + 1, float(curve[index]), float(curve[-1]), len(logs), monitor, index == reached - 1,
+                   any(len(log) > reached for log in logs))
 
 
-def summarize_oof(exp: Path, classes: list[str], folds: list[int], monitor: str, mode: str
-                  ) -> tuple[pd.DataFrame, CvEpoch | None]:
+def validation_readers(config: dict) -> list[str]:
+    """What in training, besides best.pt, looked at the validation rows (so the final weights depend on them too)."""
+    readers = ["early stopping"] if config.get("patience_epochs") else []
+    return readers + (["the plateau scheduler"] if config.get("scheduler") == "plateau" else [])
+
+
+def summarize_oof(exp: Path, classes: list[str], folds: list[int], monitor: str, mode: str,
+                  readers: list[str] = ()) -> tuple[pd.DataFrame, CvEpoch | None]:
     """The final-weights block (when every fold has oof_final.csv), the selected-checkpoint block and the CV
-    epoch; written as oof_summary.csv (one `weights` column tells the blocks apart) and oof_summary.md."""
+    epoch; written as oof_summary.csv (one `weights` column tells the blocks apart) and oof_summary.md. `readers`:
+    validation_readers of the config, named beside the final weights' score."""
     blocks = []
     missing = [k for k in folds if not (exp / f"fold{k}" / OOF_FINAL).is_file()]
     if not missing:
@@ -108,7 +117,7 @@ def summarize_oof(exp: Path, classes: list[str], folds: list[int], monitor: str,
              f"it."] if missing else []
     write_csv(exp / "oof_summary.csv", table)
     write_text(exp / "oof_summary.md", f"# OOF summary: {exp.name}\n\n" + "\n".join(
-        [*headline(table, cv, monitor), "", *notes, *block_sections(table)]) + "\n")
+        [*headline(table, cv, monitor, readers), "", *notes, *block_sections(table)]) + "\n")
     return table, cv
 
 
@@ -117,19 +126,22 @@ def pooled(table: pd.DataFrame, weights: str, metric: str) -> float | None:
     return float(rows[metric].iloc[0]) if len(rows) and metric in rows else None
 
 
-def headline(table: pd.DataFrame, cv: CvEpoch | None, monitor: str) -> list[str]:
+def headline(table: pd.DataFrame, cv: CvEpoch | None, monitor: str, readers: list[str] = ()) -> list[str]:
     """The lines train.py prints above the table: both pooled scores and the CV epoch."""
     lines = []
     for weights, text in WEIGHTS.items():
         value = pooled(table, weights, monitor)
         if value is not None:
-            lines.append(f"- pooled OOF {monitor} {value:.4f}: {text}")
+            caveat = (f" (but {' and '.join(readers)} read them while training: slightly optimistic)"
+                      if weights == "final" and readers else "")
+            lines.append(f"- pooled OOF {monitor} {value:.4f}: {text}{caveat}")
+    reached = " (of the epochs every fold reached; some stopped early)" if cv is not None and cv.cut else ""
     if cv is not None and cv.last:
-        lines.append(f"- CV-chosen epoch count {cv.epochs}, the last: no earlier epoch has a better mean validation "
-                     f"{cv.monitor} over the {cv.folds} fold(s) ({cv.value:.4f})")
+        lines.append(f"- CV-chosen epoch count {cv.epochs}, the last{reached}: no earlier epoch has a better mean "
+                     f"validation {cv.monitor} over the {cv.folds} fold(s) ({cv.value:.4f})")
     elif cv is not None:
-        lines.append(f"- CV-chosen epoch count {cv.epochs}: mean validation {cv.monitor} {cv.value:.4f} over "
-                     f"{cv.folds} fold(s) there (last epoch {cv.final_value:.4f}); to train that long: "
+        lines.append(f"- CV-chosen epoch count {cv.epochs}{reached}: mean validation {cv.monitor} {cv.value:.4f} "
+                     f"over {cv.folds} fold(s) there (last epoch {cv.final_value:.4f}); to train that long: "
                      f"`train.py --epochs {cv.epochs}` (the schedule then fits {cv.epochs} epochs)")
     return lines
 
@@ -153,11 +165,11 @@ def side_by_side(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return out
 
 
-def summary_text(table: pd.DataFrame, cv: CvEpoch | None, monitor: str) -> str:
+def summary_text(table: pd.DataFrame, cv: CvEpoch | None, monitor: str, readers: list[str] = ()) -> str:
     """What train.py prints: the headline lines, then the monitored metric and log loss of both kinds of weights
     side by side (oof_summary.md has every metric)."""
     metrics = list(dict.fromkeys([monitor, "log_loss"]))
-    return "\n".join([*headline(table, cv, monitor), "", markdown_table(side_by_side(table, metrics))])
+    return "\n".join([*headline(table, cv, monitor, readers), "", markdown_table(side_by_side(table, metrics))])
 
 
 def pooled_score(exp: Path, metric: str, weights: str = "final", strict: bool = True) -> float:

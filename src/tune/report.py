@@ -77,6 +77,9 @@ def trial_line(trial: FrozenTrial, best: FrozenTrial | None, monitor: str) -> st
             f"{format_params(trial.params)} | best so far: {best_text}")
 
 
+TRIAL_COLUMNS = ("trial", "state", "value", "seconds", "note")
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial run or running: number, state, value (complete trials), seconds, note (why it stopped), its
     values."""
@@ -85,7 +88,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
              "seconds": round(t.duration.total_seconds(), 1) if t.duration else math.nan,
              "note": t.user_attrs.get("note", ""), **t.params}
             for t in study.trials if t.state != TrialState.WAITING]  # queued start points not run yet
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*TRIAL_COLUMNS, *(k for r in rows for k in r)])))
 
 
 def write_trials(tune_dir: Path, frame: pd.DataFrame) -> str:

@@ -12,6 +12,8 @@ from src.tune.report import best_trial, write_reports
 from src.tune.space import FIELD_TYPES, base_config, check_space, load_space
 from src.tune.trials import run_trials, train_holdout
 
+HELD_OUT_ATTR = "held_out_result"  # the best trial's --holdout-folds score, kept with the study for later reports
+
 
 def run_study(args, start: float) -> None:
     """Everything after argument parsing; `start` is when the budget began (time.monotonic())."""
@@ -37,8 +39,12 @@ def run_study(args, start: float) -> None:
             best = best_trial(study)
             if holdout and best:
                 held = (holdout, train_holdout(best, job, holdout))
+                study.set_user_attr(HELD_OUT_ATTR, {"trial": best.number, "folds": holdout, "value": held[1]})
     finally:  # however the study ends: what it found so far, in files
         best = best_trial(study)
+        saved = study.user_attrs.get(HELD_OUT_ATTR)
+        if held is None and best and saved and saved["trial"] == best.number:  # --report, a joined process
+            held = (saved["folds"], saved["value"])
         tuned_path = Path(args.tuned_dir) / f"{name}.yaml"
         lines = write_reports(study, job.tune_dir, storage, folds, base.monitor, tuned_path, held)
         print("\n".join(lines) + f"\nreport: {job.tune_dir / 'summary.md'}")

@@ -27,6 +27,9 @@ from src.tune.space import SearchSpace, contains, space_record
 
 # A 15-minute budget runs about ten trials, so TPE starts modelling after five random ones (Optuna's default: 10).
 STARTUP_TRIALS = 5
+# What a trial's value and its reports mean; a study made under another rule cannot be continued (its trials were
+# scored on best epochs and reported per epoch, and would win every comparison with the trials added now).
+OBJECTIVE = "mean final-epoch metric over the tuned folds; running means reported at tenths of each fold"
 BUDGET = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -91,7 +94,8 @@ def max_steps(job: TuneJob) -> int:
 def study_record(job: TuneJob) -> dict:
     """What makes trials comparable: stored with the study, checked when it is resumed or joined (as JSON)."""
     base = {k: v for k, v in config_to_dict(job.base).items() if k not in LOCATION_KEYS}
-    return json.loads(json.dumps({"space": space_record(job.space), "base_config": base, "folds": job.folds}))
+    return json.loads(json.dumps({"space": space_record(job.space), "base_config": base, "folds": job.folds,
+                                  "objective": OBJECTIVE}))
 
 
 def open_study(job: TuneJob, storage: str, resume: bool, pruner: str, must_exist: bool = False) -> optuna.Study:
@@ -169,6 +173,10 @@ def check_record(study: optuna.Study, record: dict, storage: str) -> None:
         for key, value in record.items():
             study.set_user_attr(key, value)
         return
+    if saved.get("objective") != record["objective"]:
+        raise UserError(f"study {study.study_name!r} in {storage} was scored with another objective (before tune.py "
+                        f"scored final epochs: {saved.get('objective', 'best epochs')}); its trials cannot be compared "
+                        f"with new ones, so start a new study (another --name)")
     changed = [key for key in ("space", "folds") if saved.get(key) != record[key]]
     changed += config_differences(saved.get("base_config", {}), record["base_config"], TrainConfig)
     if changed:

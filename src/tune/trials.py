@@ -62,7 +62,6 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     values = sample(trial, job.space.params, job.base)
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
-    trial.set_user_attr("owner", owner())
     try:
         results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg,
                                                                             RunningMean()))
@@ -120,6 +119,7 @@ def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_
         trial = study.ask()
         value, state, note = None, TrialState.COMPLETE, ""
         try:
+            trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial recover() can tell
             value = run_trial(trial, job)
         except optuna.TrialPruned as stop:
             state, note = TrialState.PRUNED, str(stop)

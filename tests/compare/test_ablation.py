@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from src.compare.plan import job_lines, plan_runs, regimes, unique_runs
+from src.compare.plan import job_lines, plan_runs, regimes, run_folds, unique_runs
 from src.compare.report import ENSEMBLE, markdown_report, summarize
 from src.compare.spec import load_spec, spec_from_dict
 from src.core.errors import UserError
@@ -97,6 +97,15 @@ def test_job_list_has_one_command_per_unfinished_fold(tmp_path, monkeypatch):
     (done / "oof.csv").write_text("")
     lines = job_lines(s)
     assert len(lines) == 7 and not any(run.exp in line and "--fold 0 " in line for line in lines)
+
+
+def test_a_fold_file_with_a_holdout_plans_its_folds_not_the_holdout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_competition(tmp_path / "data" / "x", per_class=10)
+    make_fold_file("data/x", "train.csv", "train", "image", "label", "", 3, 42, None, holdout=0.2)  # ..._h20.csv
+    s = spec(folds="all")
+    assert run_folds(s, plan_runs(s)[("x", "real", 1)]) == [0, 1, 2]
+    assert len(job_lines(s)) == 2 * 2 * 3
 
 
 def results(arm_shift: dict, missing: tuple = ()) -> pd.DataFrame:

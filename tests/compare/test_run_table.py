@@ -45,8 +45,12 @@ def test_table_sorts_by_oof_shows_changes_folds_and_the_newest_single_experiment
     for name, exps, score, when in (("old", ["strong"], 0.5, "2026-01"), ("new", ["strong"], 0.8, "2026-02"),
                                     ("blend", ["strong", "weak"], 1.0, "2027-01")):
         write_json(subs / f"{name}_lb.json", {"experiments": exps, "public": 0.9, "private": score, "written": when})
+    # A newer --holdout-only run: its holdout score joins the older submission's leaderboard scores.
+    write_json(subs / "strong-holdout_lb.json", {"experiments": ["strong"], "holdout_accuracy": 0.75,
+                                                 "public": None, "private": None, "written": "2026-03"})
     frame = run_table(runs, "accuracy", subs)
     assert list(frame["exp"]) == ["strong", "half", "weak"]
+    assert frame.iloc[0]["holdout_accuracy"] == 0.75 and frame.iloc[0]["private"] == 0.8
     strong = frame.iloc[0]
     assert strong["changes"] == "augment=heavy" and strong["folds"] == "2/2"  # device is not a setting
     assert strong["oof_accuracy"] == 1.0 and strong["private"] == 0.8 and strong["train_minutes"] == 2.0

@@ -74,6 +74,7 @@ def test_a_cache_of_the_right_size_whose_bytes_changed_is_rebuilt_not_trusted(im
     again = cache.cached_images(paths, folder, "cubic", quiet=True)
     out = capsys.readouterr().out
     assert "changed since it was built (row 7 no longer matches" in out and "image cache: built" in out
+    assert out.count("changed since it was built") == 1
     assert np.array_equal(again[:], expected)
     # A cache from before row hashes: hashed whole once against its meta's sha1, then its row hashes are written.
     built.path.with_suffix(".rows").unlink()

@@ -85,6 +85,12 @@ def test_a_class_too_small_for_the_holdout_is_named(tmp_path):
         folds_with_holdout(root, tmp_path / "f.csv", fraction=0.5)
 
 
+def test_a_holdout_too_small_for_one_image_of_every_class_is_named(tmp_path):
+    root = make_competition(tmp_path / "c", classes=tuple("abcdef"), per_class=5, size_px=24)
+    with pytest.raises(UserError, match=r"--holdout 0.1: 3 of 30 rows cannot hold an image of each of the 6 classes"):
+        folds_with_holdout(root, tmp_path / "f.csv", fraction=0.1)
+
+
 def test_make_folds_script_refuses_a_bad_share_in_one_line_and_writes_nothing(tmp_path):
     root = make_competition(tmp_path / "c", per_class=10)
     proc = run_script("make_folds.py", "--data-dir", str(root), "--holdout", "0.7", "--out", str(tmp_path / "f.csv"))

@@ -105,6 +105,17 @@ def test_oof_summary_skips_folds_from_another_config(tmp_path):
     assert "have no oof_final.csv" in (tmp_path / "oof_summary.md").read_text()
 
 
+def test_the_final_weights_score_names_what_else_read_the_validation_rows():
+    import pandas as pd
+
+    from src.train.oof_summary import headline, validation_readers
+    table = pd.DataFrame([{"weights": "final", "fold": "all (pooled OOF)", "accuracy": 0.9}])
+    assert headline(table, None, "accuracy")[0].endswith("nothing was chosen on these rows")
+    readers = validation_readers({"patience_epochs": 3, "scheduler": "plateau"})
+    assert readers == ["early stopping", "the plateau scheduler"]
+    assert "but early stopping and the plateau scheduler read them" in headline(table, None, "accuracy", readers)[0]
+
+
 def test_the_final_weights_oof_is_the_last_epoch_and_the_selected_one_the_best_epoch(tmp_path):
     import pandas as pd
 
@@ -131,7 +142,8 @@ def test_the_cv_epoch_is_the_best_epoch_of_the_mean_curve_over_the_epochs_every_
             pd.DataFrame({"val_accuracy": [0.6, 0.7, 0.9]}),
             pd.DataFrame({"val_accuracy": [0.7, 0.8, 0.8]})]
     cv = cv_epoch(logs, "accuracy", "max")
-    assert (cv.epochs, cv.folds) == (2, 3) and cv.value == pytest.approx(0.8) and cv.final_value == pytest.approx(0.8)
+    assert (cv.epochs, cv.folds, cv.cut, cv.last) == (2, 3, True, False) and cv.value == pytest.approx(0.8)
+    assert cv.final_value == pytest.approx(0.8)
     tie = cv_epoch([pd.DataFrame({"val_log_loss": [0.5, 0.3, 0.3, 0.4]})], "log_loss", "min")
     assert tie.epochs == 2  # the earlier of two equal epochs: as good, and cheaper
     assert cv_epoch([pd.DataFrame({"val_roc_auc": [float("nan")] * 2})], "roc_auc", "max") is None

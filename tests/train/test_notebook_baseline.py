@@ -69,6 +69,26 @@ def test_kit_vs_notebook_bench_scores_both_arms_on_the_same_holdout_rows(tmp_pat
     assert "Kit gain on the holdout" in text and "x** the notebook's wall time" in text and "optimistic" in text
 
 
+def test_with_test_both_arms_are_also_scored_on_the_labelled_test_set(tmp_path):
+    import shutil
+    data = make_competition(tmp_path / "comp", classes=("a", "b"), per_class=15, size_px=16)
+    (data / "test").mkdir()
+    rows = []
+    for i, name in enumerate(["a_0", "a_1", "a_2", "b_0", "b_1", "b_2"]):
+        shutil.copy(data / "train" / f"{name}.png", data / "test" / f"t{i}.png")
+        rows.append((f"t{i}", name[0], "Public" if i % 2 else "Private"))
+    sol = pd.DataFrame(rows, columns=["image", "label", "Usage"])
+    sol.to_csv(data / "solution.csv", index=False)
+    sol[["image"]].assign(label="a").to_csv(data / "sample_submission.csv", index=False)
+    out = tmp_path / "cmp.md"
+    proc = run_subprocess("bench/kit_vs_notebook.py", "--data-dir", str(data), "--kit-args=--batch-size 8",
+                          "--cache-dir", str(tmp_path / "cache"), "--quick", "--test", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(out.with_suffix(".csv"))
+    assert runs["n_test"].eq(6).all() and runs["test_accuracy"].between(0, 1).all()
+    assert "on the test set" in out.read_text() and "test accuracy" in out.read_text()
+
+
 def test_the_notebook_trains_on_no_holdout_row_and_scores_its_fold_models_mean_there(tmp_path):
     data = make_competition(tmp_path / "comp", classes=("cat", "dog"), per_class=15)
     folds = tmp_path / "f.csv"

@@ -115,11 +115,12 @@ def test_timm_small_nets_train_a_step_on_28px_digits_fed_upscaled(name):
 
 @pytest.mark.slow
 def test_the_photo_config_of_the_readme_trains_all_folds(demo):
-    """configs/photo.yaml as the README gives it (short settings: one epoch, 32 px)."""
+    """configs/photo.yaml as the README gives it (short settings: two epochs, mixup off for the second, 32 px;
+    a shorter run must move mixup_off_epoch too, or train.py refuses it)."""
     from helpers import run_script
     runs = demo["root"] / "photo"
     proc = run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
                       "--config", "configs/photo.yaml", "--runs-dir", str(runs), "--exp", "photo", "--fold", "all",
-                      "--epochs", "1", "--image-size-px", "32", "--quiet", "--no-tensorboard")
+                      "--epochs", "2", "--mixup-off-epoch", "1", "--image-size-px", "32", "--quiet", "--no-tensorboard")
     assert proc.returncode == 0, proc.stderr
     assert len(list(runs.glob("photo/fold*/oof.csv"))) == 5

@@ -225,3 +225,32 @@ def test_an_interrupted_tune_py_still_writes_its_reports(demo, tmp_path, monkeyp
     summary = (tmp_path / "runs" / "tune" / "i" / "summary.md").read_text()
     assert "1 complete" in summary and "1 fail" in summary and "tune.py --resume trains them again" in summary
     assert (tmp_path / "tuned" / "i.yaml").is_file()
+
+
+def test_a_study_whose_trials_never_started_still_gets_its_reports(tmp_path):
+    from src.tune.report import write_reports
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"lr": 0.002})  # the base config, queued; the budget ran out before it started
+    lines = write_reports(study, tmp_path, "sqlite:///x.db", [0], "accuracy", tmp_path / "t.yaml", None)
+    assert "no trial completed" in lines and (tmp_path / "summary.md").is_file()
+
+
+def test_a_study_scored_under_the_old_best_epoch_objective_cannot_be_resumed(tmp_path):
+    job = job_for(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(job, storage, resume=False, pruner="none")
+    assert study.user_attrs["objective"].startswith("mean final-epoch")
+    study._storage.set_study_user_attr(study._study_id, "objective", None)  # as a study made before the change
+    with pytest.raises(UserError, match="scored with another objective"):
+        open_study(job, storage, resume=True, pruner="none")
+
+
+def test_report_keeps_the_held_out_score_an_earlier_call_computed(demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "train_logged", fake_training(lambda cfg: [{"accuracy": 0.9, "final_accuracy": 0.7,
+                                                                            "log_loss": 0.3}] * 2))
+    common = ["--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]), "--runs-dir", str(tmp_path / "runs"),
+              "--tuned-dir", str(tmp_path / "tuned"), "--name", "h", "--quiet"]
+    assert run_script("tune.py", *common, "--trials", "1", "--holdout-folds", "1").returncode == 0
+    proc = run_script("tune.py", *common, "--report")
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out fold(s) 1: accuracy 0.7000 (final epoch" in proc.stdout
