@@ -207,7 +207,7 @@ def main() -> None:
         f"a {args.holdout:g} holdout per seed (make_folds.py --seed S --holdout {args.holdout:g})"
     text = (f"# Kit vs notebook: {Path(args.data_dir).resolve().name}\n\n"
             f"kit: `train.py {'--config ' + args.kit_config if args.kit_config else ''} {args.kit_args}` + "
-            f"`infer.py --holdout-only --tta {args.tta}`; notebook: `bench/notebook_baseline.py {args.notebook_args}`; "
+            f"`infer.py{'' if args.test else ' --holdout-only'} --tta {args.tta}`; notebook: `bench/notebook_baseline.py {args.notebook_args}`; "
             f"seeds {args.seeds}; scored on {holdout}, {int(runs['n_holdout'].iloc[0])} rows"
             f"{f', and the test set, {int(runs.n_test.iloc[0])} rows' if args.test else ''}"
             f"{'; --quick: not a measurement' if args.quick else ''}. Machine: {cpu_name()} ({platform.machine()}); "
