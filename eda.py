@@ -6,16 +6,13 @@ with label conflicts first; files that cannot be read (listed, not fatal).
 """
 from pathlib import Path
 
-from src.core.cli import build_parser, quiet_default, run_main
+from src.core.cli import add_table_flags, build_parser, quiet_default, run_main
 
 
 def main() -> None:
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder")
-    parser.add_argument("--train-csv", default="train.csv", help="labels file inside the data folder")
-    parser.add_argument("--image-dir", default="train", help="training image folder inside the data folder")
-    parser.add_argument("--id-col", default="image", help="train.csv id column")
-    parser.add_argument("--label-col", default="label", help="train.csv label column")
+    add_table_flags(parser)
     parser.add_argument("--test-dir", default="test", help="test image folder inside the data folder")
     parser.add_argument("--name", default="", help="report name (default: the data folder's name)")
     parser.add_argument("--out-dir", default="reports", help="writes <out-dir>/eda_<name>.md and eda_<name>/")

@@ -7,16 +7,13 @@ are marked `holdout` in the fold file (named ..._h20.csv), no fold trains, selec
 infer.py --exp X scores them with the fold ensemble and TTA like a test set."""
 from pathlib import Path
 
-from src.core.cli import build_parser, quiet_default, run_main
+from src.core.cli import add_table_flags, build_parser, quiet_default, run_main
 
 
 def main() -> None:
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder")
-    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
-    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
-    parser.add_argument("--id-col", default="image", help="id / file name column")
-    parser.add_argument("--label-col", default="label", help="label column")
+    add_table_flags(parser)
     parser.add_argument("--group-col", default="", help="rows sharing this column's value share a fold")
     parser.add_argument("--n-folds", type=int, default=5, help="number of folds")
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed (of the holdout and the folds)")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pandas as pd
 
 from src.core.atomic import write_csv, write_text
-from src.core.cli import build_parser, run_main
+from src.core.cli import add_table_flags, build_parser, run_main
 from src.core.errors import UserError
 from src.core.metrics import compute_metrics
 from src.core.repro import cpu_name
@@ -44,10 +44,7 @@ DATA_FLAGS = ("train_csv", "image_dir", "id_col", "label_col")
 def parse_args():
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", required=True, help="competition folder (train.csv + train/)")
-    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
-    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
-    parser.add_argument("--id-col", default="image", help="id / file name column")
-    parser.add_argument("--label-col", default="label", help="label column")
+    add_table_flags(parser)
     parser.add_argument("--folds-csv", default="", help="one fold file with a holdout for every seed (default: "
                                                         "make_folds.py --holdout H --seed S per seed)")
     parser.add_argument("--holdout", type=float, default=0.2, help="holdout share of the fold files made per seed")

@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from src.core.atomic import check_writable, write_csv, write_text
-from src.core.cli import build_parser, quiet_default, run_main
+from src.core.cli import add_table_flags, build_parser, quiet_default, run_main
 from src.core.errors import UserError
 from src.core.metrics import accuracy, eer, logloss
 from src.core.repro import cpu_name
@@ -58,10 +58,7 @@ DEFAULT_SIZE_PX = 64  # when the images do not all share one size
 def parse_args():
     parser = build_parser(__doc__)
     parser.add_argument("--data-dir", default="data/mnist5k", help="competition folder (train.csv + train/)")
-    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
-    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
-    parser.add_argument("--id-col", default="image", help="id / file name column")
-    parser.add_argument("--label-col", default="label", help="label column")
+    add_table_flags(parser)
     parser.add_argument("--folds-csv", default="",
                         help="fold file (default: the one train.py uses, folds/<data folder>-<key>_k*_s*.csv)")
     parser.add_argument("--folds", default="all", help="'all' or a comma list such as 0,1")

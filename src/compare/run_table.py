@@ -13,7 +13,7 @@ import pandas as pd
 from src.core.atomic import write_csv, write_text
 from src.core.config import config_differences
 from src.core.errors import UserError
-from src.core.metrics import METRICS, compute_metrics, metric_mode
+from src.core.metrics import METRICS, compute_metrics, metric_mode, monitor_direction
 from src.core.rundir import OOF_BEST, OOF_FINAL, fold_finished, read_oof
 from src.core.tables import markdown_table
 from src.train.config import TrainConfig
@@ -111,8 +111,7 @@ def experiment_row(exp: Path, metric: str, leaderboards: dict) -> dict | None:
     if len(scores["final"]) != len(scores["best"]):  # some folds from before oof_final.csv: no mixed mean
         scores["final"] = []
     monitor = config.get("monitor", "accuracy")
-    mode = config.get("monitor_mode", "auto")
-    cv = cv_epoch(logs, monitor, metric_mode(monitor) if mode == "auto" else mode) if logs else None
+    cv = cv_epoch(logs, monitor, monitor_direction(monitor, config.get("monitor_mode", "auto"))) if logs else None
     changes = settings_changed(config)
     lb = leaderboards.get(exp.name, {})
     (final, final_std), (best, best_std) = mean_std(scores["final"]), mean_std(scores["best"])

@@ -38,6 +38,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+def add_table_flags(parser: argparse.ArgumentParser) -> None:
+    """--train-csv, --image-dir, --id-col, --label-col: where a competition's labelled images are listed."""
+    parser.add_argument("--train-csv", default="train.csv", help="labels file inside --data-dir")
+    parser.add_argument("--image-dir", default="train", help="image folder inside --data-dir")
+    parser.add_argument("--id-col", default="image", help="id / file name column")
+    parser.add_argument("--label-col", default="label", help="label column")
+
+
 def build_parser(description: str | None) -> argparse.ArgumentParser:
     """The argument parser every script starts from (one help style for all)."""
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)

@@ -77,5 +77,10 @@ def metric_mode(name: str) -> str:
     return METRICS[name][1]
 
 
+def monitor_direction(monitor: str, monitor_mode: str = "auto") -> str:
+    """'max' or 'min' for a config's monitored metric: its `monitor_mode`, or the metric's own with 'auto'."""
+    return metric_mode(monitor) if monitor_mode == "auto" else monitor_mode
+
+
 def compute_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {name: METRICS[name][0](y, probs) for name in metric_names(probs.shape[1])}

@@ -9,8 +9,8 @@ without counting in the process's memory.
 
 The meta file is written last: a cache without one (interrupted), or whose meta or size no longer matches,
 is rebuilt, never trusted; nor is one of the right size whose bytes changed (a sample of rows is checked against
-hashes recorded at build time, src/data/cache_check.py). A file lock lets one process build while the others (ranks, array tasks) wait and
-then reuse it; a complete cache in a read-only folder is reused without the lock. Decoding runs in parallel
+hashes recorded at build time, src/data/cache_check.py). A file lock lets one process build while the others
+(ranks, array tasks) wait and then reuse it; a complete cache in a read-only folder is reused without the lock. Decoding runs in parallel
 over the cores. The folder only ever grows: delete it (or files in it) to reclaim space; it is rebuilt.
 """
 from __future__ import annotations
@@ -276,8 +276,8 @@ def cached_images(paths: list[Path], cache_dir: Path, interp: str, quiet: bool, 
 def verified(meta: dict, data: Path, digests: Path, row_bytes: int, n: int, say: bool = True) -> bool:
     """Whether a complete cache still holds the bytes it was built with: a sample of rows against the row hashes
     recorded at build time (src/data/cache_check.py). A cache from before those hashes is hashed whole once against
-    its meta's sha1, and its row hashes are written then (a read-only folder cannot keep them: such a cache is hashed
-whole at every reuse, so rebuild it once where it can be written)."""
+    its meta's sha1, and its row hashes are written then (a read-only folder cannot keep them: such a cache is
+    hashed whole at every reuse, so rebuild it once where it can be written)."""
     if digests.is_file() and digests.stat().st_size == n * ROW_DIGEST_BYTES:
         bad = first_changed_row(data, digests.read_bytes(), row_bytes, n)
         if bad is None:

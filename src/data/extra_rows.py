@@ -18,6 +18,7 @@ import pandas as pd
 from src.core.errors import UserError
 from src.core.rundir import prob_columns
 from src.data.contract import LabelTable, changed_data_text, file_sha256, resolve_image_path
+from src.data.holdout import holdout_paths
 from src.data.images import ImageSpec, decode_all, to_array
 
 META = "meta.json"
@@ -181,7 +182,7 @@ def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}")
     labelled = {p.resolve() for p in table.paths}
-    held_out = {p.resolve() for p in (table.holdout.paths if table.holdout else [])}
+    held_out = {p.resolve() for p in holdout_paths(table)}
     seen, paths = set(), []
     for i, (image_id, label) in enumerate(zip(frame["id"], frame["label"])):
         where = f"{path} line {i + 2}"

@@ -83,4 +83,5 @@ def split_holdout(table: LabelTable, fold_of: np.ndarray) -> tuple[LabelTable, n
 
 
 def holdout_paths(table: LabelTable) -> list:
+    """The image files of a table's holdout rows (none without a holdout)."""
     return [] if table.holdout is None else list(table.holdout.paths)

@@ -16,7 +16,7 @@ from src.core.tables import markdown_table
 from src.data.contract import LabelTable
 from src.infer.ensemble import blend
 from src.infer.predictor import Predictor
-from src.infer.tta import chosen_mean, with_identity
+from src.infer.tta import chosen_mean, ensemble_variants, with_identity
 
 SUMMARY = "holdout_summary"
 
@@ -37,12 +37,9 @@ def predict_holdout(predictors: list[Predictor], held: LabelTable, weights: np.n
     experiment, then the blend infer.py submits."""
     per_exp = [p.predict_views(p.cached(held.paths, quiet), with_identity(p.views), quiet=quiet) for p in predictors]
     final = blend([chosen_mean(p, v) for p, v in zip(predictors, per_exp)], weights)
-    lead, views = predictors[0], per_exp[0]
-    variants = {f"{lead.exp_dir.name}: fold {lead.folds[0].fold} alone, no TTA": views[0, 0],
-                f"{lead.exp_dir.name}: {len(lead.folds)}-fold ensemble, no TTA": views[:, 0].mean(0),
-                f"{lead.exp_dir.name}: {len(lead.folds)}-fold ensemble + TTA ({'+'.join(lead.views)})":
-                    chosen_mean(lead, views),
-                "submission (what infer.py writes)": final}
+    lead = predictors[0]
+    variants = {f"{lead.exp_dir.name}: {label}": probs for label, probs in ensemble_variants(lead, per_exp[0]).items()}
+    variants["submission (what infer.py writes)"] = final
     rows = [{"predictions": label, "n": len(held.ids), **holdout_scores(lead, held.labels, probs)}
             for label, probs in variants.items()]
     return pd.DataFrame(rows), final

@@ -22,7 +22,7 @@ from src.infer.holdout import holdout_section, predict_holdout, write_holdout
 from src.infer.oof import OofData, load_oof_data, oof_report
 from src.infer.predictor import Predictor, parse_threshold
 from src.infer.submission import build_submission, read_sample, read_solution, score_frame
-from src.infer.tta import chosen_mean, with_identity
+from src.infer.tta import chosen_mean, ensemble_variants, with_identity
 
 
 def test_images(data_dir: Path, test_dir: str, sample: pd.DataFrame, sample_path: Path) -> list[Path]:
@@ -181,10 +181,8 @@ def write_oof_outputs(out: Path, name: str, data: OofData, blended_oof: np.ndarr
 def leaderboard_table(sample: pd.DataFrame, solution: pd.DataFrame, p: Predictor, views: np.ndarray,
                       final: pd.DataFrame, proba: bool, source: Path) -> pd.DataFrame:
     """Public/private score of fold 0 alone, the fold ensemble, the ensemble + TTA, and the submission."""
-    variants = {"fold 0, no TTA": views[0, 0], f"{len(p.folds)}-fold ensemble, no TTA": views[:, 0].mean(0),
-                f"{len(p.folds)}-fold ensemble + TTA ({'+'.join(p.views)})": chosen_mean(p, views)}
     rows = []
-    for label, probs in variants.items():
+    for label, probs in ensemble_variants(p, views).items():
         frame = build_submission(sample, p.classes, probs, p.labels_from_probs(probs), proba, source)
         rows.append({"predictions": f"{p.exp_dir.name}: {label}", **score_frame(frame, solution, source=source)})
     rows.append({"predictions": "submission", **score_frame(final, solution, source=source)})

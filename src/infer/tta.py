@@ -91,6 +91,14 @@ def with_identity(views: list[str]) -> list[str]:
     return list(dict.fromkeys(["identity"] + views))
 
 
+def ensemble_variants(p, views: np.ndarray) -> dict[str, np.ndarray]:
+    """What the leaderboard and holdout tables compare, from a (folds, with_identity(p.views), N, C) array: the first
+    fold alone, the fold ensemble without TTA, and with the chosen views."""
+    n = len(p.folds)
+    return {f"fold {p.folds[0].fold}, no TTA": views[0, 0], f"{n}-fold ensemble, no TTA": views[:, 0].mean(0),
+            f"{n}-fold ensemble + TTA ({'+'.join(p.views)})": chosen_mean(p, views)}
+
+
 def chosen_mean(p, views: np.ndarray) -> np.ndarray:
     """Mean over folds and the chosen views (`p.views`, a Predictor's) of a (folds, with_identity(p.views), N, C)
     array."""

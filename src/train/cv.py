@@ -16,7 +16,7 @@ from src.core.atomic import check_writable, write_csv
 from src.core.config import config_to_dict
 from src.core.errors import UserError
 from src.core.interrupts import raise_interrupt
-from src.core.metrics import metric_mode, metric_names
+from src.core.metrics import metric_names, monitor_direction
 from src.core.repro import REPO, git_commit, package_versions
 from src.core.rundir import OOF_BEST, exp_dir, fold_dir, oof_arrays, read_oof, write_json
 from src.data.cache import cached_images, default_cache_dir
@@ -211,10 +211,11 @@ def report_experiment(exp: Path, table: LabelTable, images: np.ndarray, cfg: Tra
     """oof_summary (printed: the final weights' and the selected checkpoint's scores, and the CV epoch), the
     confusion matrix, per-class metrics and the most confidently wrong OOF images (of best.pt, which infer.py
     submits), over every fold of this experiment trained with this config."""
-    folds = counted_folds(exp, config_to_dict(cfg), fingerprint)
-    mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
-    readers = validation_readers(config_to_dict(cfg))
-    summary, cv = summarize_oof(exp, table.classes, folds, cfg.monitor, mode, readers)
+    config = config_to_dict(cfg)
+    folds = counted_folds(exp, config, fingerprint)
+    readers = validation_readers(config)
+    summary, cv = summarize_oof(exp, table.classes, folds, cfg.monitor, monitor_direction(cfg.monitor, cfg.monitor_mode),
+                                readers)
     oof = pd.concat([read_oof(exp / f"fold{k}" / OOF_BEST, table.classes)[2] for k in folds], ignore_index=True)
     row_of = {image_id: i for i, image_id in enumerate(table.ids)}
     write_diagnostics(exp, list(oof["id"]), *oof_arrays(oof, table.classes), table.classes,

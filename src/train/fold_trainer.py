@@ -15,7 +15,7 @@ from timm.utils import ModelEmaV3
 
 from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
-from src.core.metrics import compute_metrics, metric_mode
+from src.core.metrics import compute_metrics, monitor_direction
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
 from src.data.augment import build_batch_augment, build_transforms
@@ -117,7 +117,7 @@ class FoldTrainer:
         self.eval_model = self.ema.module if self.ema else self.model
         self.optimizer = build_optimizer(cfg, self.model)
         self.schedule = build_schedule(cfg, steps_per_epoch(len(data.train_labels), cfg.batch_size))
-        self.mode = metric_mode(cfg.monitor) if cfg.monitor_mode == "auto" else cfg.monitor_mode
+        self.mode = monitor_direction(cfg.monitor, cfg.monitor_mode)
         self.plateau = PlateauScale(cfg.plateau_patience_epochs, cfg.plateau_factor, self.mode)
         self.stopper = EarlyStopping(self.mode, cfg.patience_epochs, cfg.min_delta)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
