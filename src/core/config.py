@@ -67,6 +67,7 @@ def config_from_dict(values: dict, cls: type, source: str = "config", base=None)
     """Build a config of dataclass `cls` from a mapping; unknown keys and wrong types are errors."""
     types = _field_types(cls)
     merged = dataclasses.asdict(base or cls())
+    values = upgraded(values, cls)
     for name, value in values.items():
         if name not in types:
             hint = difflib.get_close_matches(name, list(types), n=1)
@@ -74,6 +75,12 @@ def config_from_dict(values: dict, cls: type, source: str = "config", base=None)
             raise UserError(f"{source}: unknown key {name!r}{extra}")
         merged[name] = _coerce(name, value, types[name], source)
     return cls(**merged)
+
+
+def upgraded(values: dict, cls: type) -> dict:
+    """`values` with keys written by older versions in today's form (the class's `upgrade`, where it has one)."""
+    upgrade = getattr(cls, "upgrade", None)
+    return upgrade(values) if upgrade else values
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -132,6 +139,7 @@ def config_differences(a: dict, b: dict, cls: type) -> list[str]:
     """Keys where two saved configs would train differently. A key one of them lacks (written by older or
     newer code) counts at its default, so adding a config key does not orphan existing runs."""
     defaults = dataclasses.asdict(cls())
+    a, b = upgraded(a, cls), upgraded(b, cls)
     logging_only = getattr(cls, "LOGGING_ONLY", ())  # keys that change what is logged, not what is learned
     return [k for k in dict.fromkeys([*a, *b])
             if k not in logging_only and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))]

@@ -47,8 +47,8 @@ PRETRAIN_HELP = {
     "probe_temperature": "kNN vote weight exp(similarity / T)",
     "seed": "seed for weights, batch order and views",
     "device": HELP["device"],
-    "amp": HELP["amp"],
-    "channels_last": HELP["channels_last"],
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); a CPU trains in fp32",
+    "channels_last": "channels_last (NHWC) memory format",
     "deterministic": HELP["deterministic"],
     "threads": "torch CPU threads; 0 = all cores",
 }

@@ -21,6 +21,8 @@ CHOICES = {
     "monitor": ("accuracy", "macro_f1", "log_loss", "roc_auc", "eer"),
     "monitor_mode": ("auto", "max", "min"),
     "device": ("auto", "cpu", "cuda"),
+    "amp": ("auto", "on", "off"),
+    "channels_last": ("auto", "on", "off"),
 }
 
 # Allowed values: (low, high, brackets); "[)" means low <= value < high.
@@ -104,8 +106,11 @@ HELP = {
     "min_delta": "smallest change of the monitored metric that counts as improvement",
     "seed": "seed for weights, shuffling, augmentation and dropout",
     "device": "auto picks CUDA when available",
-    "amp": "mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)",
-    "channels_last": "channels_last memory format (measured faster on CPU too)",
+    "amp": "mixed precision: on CUDA bf16 where supported, else fp16 + GradScaler; on a CPU bf16 autocast. auto = "
+           "on with CUDA; on a CPU on only where a short probe measures it faster (src/train/cpu_speed.py); the "
+           "choice is saved in config.json",
+    "channels_last": "channels_last (NHWC) memory format; auto = on with CUDA, on a CPU where the probe measures "
+                     "it faster",
     "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
     "num_workers": "DataLoader workers; -1 = 0 on CPU (augmentation is cheap there), 4 on CUDA",
     "threads": "torch CPU threads; 0 = all cores (shared by the processes torchrun starts on one machine)",
@@ -188,8 +193,8 @@ class TrainConfig(DataFields):
     min_delta: float = 0.0
     seed: int = 42
     device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
+    amp: str = "auto"
+    channels_last: str = "auto"
     deterministic: bool = True
     num_workers: int = -1
     threads: int = 0
@@ -202,6 +207,12 @@ class TrainConfig(DataFields):
     synthetic_unfiltered: bool = False
     pseudo: str = ""
     pseudo_soft: bool = False
+
+    @staticmethod
+    def upgrade(values: dict) -> dict:
+        """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only)."""
+        legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "on", False: "off"}}
+        return {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
 
     @property
     def mixes(self) -> bool:

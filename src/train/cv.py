@@ -34,6 +34,7 @@ from src.data.holdout import split_holdout
 from src.data.images import channel_stats
 from src.data.rows import ConcatRows, RowView
 from src.train.config import TrainConfig
+from src.train.cpu_speed import describe, resolve_cpu_speed
 from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
@@ -168,6 +169,10 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images),
             "input_size_px": cfg.input_size_px or (hub.input_size_px if hub else 0)}
     stats = pretrained_stats(hub, spec.in_chans) if hub and cfg.normalize != "data" else None
+    fed_hw = (info["input_size_px"],) * 2 if info["input_size_px"] else (spec.height_px, spec.width_px)
+    cfg, speed = resolve_cpu_speed(cfg, rt, spec.in_chans, len(table.classes), fed_hw, train_cache_dir(cfg))
+    if speed:
+        print(describe(speed))
     for k in folds:  # every fold's extra-row folders pass the leak guard before the first fold trains
         if cfg.synthetic:
             read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
@@ -175,7 +180,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions(), "world_size": rt.dist.world_size,
-              **({"pretrained_weights": hub.repo_id} if hub else {})}
+              **({"pretrained_weights": hub.repo_id} if hub else {}), **({"cpu_speed": speed} if speed else {})}
     results = []
     for k in folds:
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats)  # builds and tries the model

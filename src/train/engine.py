@@ -49,10 +49,16 @@ def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = cfg.deterministic
     torch.backends.cudnn.benchmark = not cfg.deterministic
+    # pretrain.py's and gen_synthetic.py's configs keep booleans (True = CUDA AMP / NHWC), train.py's say
+    # auto/on/off; on a CPU `auto` means off until train.py's probe (src/train/cpu_speed.py) settles it.
+    settings = TrainConfig.upgrade({"amp": cfg.amp, "channels_last": cfg.channels_last})
     amp_dtype = None
-    if use_cuda and cfg.amp:
+    if use_cuda and settings["amp"] != "off":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Runtime(device, amp_dtype, cfg.channels_last, info)
+    elif settings["amp"] == "on":
+        amp_dtype = torch.bfloat16
+    channels_last = settings["channels_last"] == "on" or (use_cuda and settings["channels_last"] == "auto")
+    return Runtime(device, amp_dtype, channels_last, info)
 
 
 def runtime_kind(rt: Runtime) -> dict:

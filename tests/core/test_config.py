@@ -24,15 +24,15 @@ def test_unknown_key_is_an_error_with_a_suggestion():
 def test_wrong_type_in_config_file_is_an_error():
     with pytest.raises(UserError, match="'epochs' must be int"):
         config_from_dict({"epochs": "ten"}, TrainConfig)
-    with pytest.raises(UserError, match="'amp' must be bool"):
-        config_from_dict({"amp": 1}, TrainConfig)
+    with pytest.raises(UserError, match="'deterministic' must be bool"):
+        config_from_dict({"deterministic": 1}, TrainConfig)
 
 
 def test_command_line_overrides_config_file_overrides_defaults(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("lr: 0.01\nepochs: 7\n")
-    cfg = parse(["--config", str(path), "--epochs", "3", "--no-amp"])
-    assert (cfg.lr, cfg.epochs, cfg.amp, cfg.batch_size) == (0.01, 3, False, TrainConfig().batch_size)
+    cfg = parse(["--config", str(path), "--epochs", "3", "--amp", "off"])
+    assert (cfg.lr, cfg.epochs, cfg.amp, cfg.batch_size) == (0.01, 3, "off", TrainConfig().batch_size)
 
 
 def test_json_config_with_unknown_key_is_refused(tmp_path):

@@ -14,3 +14,5 @@ def test_train_speed_bench_quick_mode_writes_its_table(tmp_path):
     for arm in ("bare loop", "engine, augment light (default)", "engine, augment heavy", "engine inference"):
         assert arm in table, arm
     assert "ratio to bare" in table and "Machine:" in table and "not a measurement" in table
+    for cell in ("fp32 NCHW", "fp32 NHWC", "bf16 NCHW", "bf16 NHWC", "auto picks", "smallresnet", "resnet18"):
+        assert cell in table, cell
