@@ -35,7 +35,8 @@ RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF,
           "cutmix_alpha": (0, INF, "[)"), "mixup_off_epoch": (0, INF, "[)"), "label_smoothing": (0, 1, "[)"), "focal_gamma": (0, INF, "[)"),
           "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
           "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
-          "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)")}
+          "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)"),
+          "train_fraction": (0, 1, "(]")}
 
 HELP = {
     "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
@@ -122,6 +123,8 @@ HELP = {
     "synthetic_per_class": "fixed synthetic rows per class instead of the ratio (0 = use the ratio, -1 = all)",
     "synthetic_only": "train on the synthetic rows alone (Classification Accuracy Score); validation stays real",
     "synthetic_unfiltered": "also use samples the classifier filter rejected",
+    "train_fraction": "share of each fold's real training rows used: a per-class, seeded subsample (learning "
+                      "curves; tune.py's cheap fidelities); validation rows are always all used",
     "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
               "join the fold's training split only",
     "pseudo_soft": "train on the pseudo-labels' full probability vectors (soft labels, from pseudo.csv's prob_ "
@@ -169,6 +172,7 @@ class TrainConfig(DataFields):
     cutmix_alpha: float = 0.0
     mixup_off_epoch: int = 0
     epochs: int = 30
+    train_fraction: float = 1.0
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 2e-3

@@ -17,7 +17,7 @@ from src.core.config import config_to_dict
 from src.core.errors import UserError
 from src.core.interrupts import raise_interrupt
 from src.core.metrics import metric_names, monitor_direction
-from src.core.repro import REPO, git_commit, package_versions
+from src.core.repro import REPO, derived_seed, git_commit, package_versions
 from src.core.rundir import OOF_BEST, exp_dir, fold_dir, oof_arrays, read_oof, write_json
 from src.data.cache import cached_images, default_cache_dir
 from src.data.contract import LabelTable, data_fingerprint, read_train_table
@@ -93,12 +93,22 @@ def load_labelled(cfg: TrainConfig) -> tuple[LabelTable, np.ndarray, Path]:
     return table, fold_of, folds_path
 
 
+def subsample(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """`fraction` of `rows` from every class (at least one each), seeded, in their original order."""
+    if fraction >= 1:
+        return rows
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(part, max(1, round(fraction * len(part))), replace=False)
+            for c in np.unique(labels[rows]) for part in [rows[labels[rows] == c]]]
+    return np.sort(np.concatenate(keep))
+
+
 def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
                  info: dict, rt, stats: tuple[list[float], list[float]] | None = None) -> FoldTrainer:
     """The trainer for fold k: its rows (plus synthetic rows, training side only), normalisation from the
     rows it trains on (or the pretrained weights' `stats`), and the model."""
     is_val = fold_of == k
-    train_rows = np.flatnonzero(~is_val)
+    train_rows = subsample(np.flatnonzero(~is_val), table.labels, cfg.train_fraction, derived_seed(cfg.seed, k, -3))
     real = (RowView(images, train_rows), table.labels[train_rows], [table.ids[i] for i in train_rows])
     parts, extra = [] if cfg.synthetic_only else [real], {}
     if cfg.synthetic:

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.core.atomic import save_figure, write_csv, write_text
 from src.core.tables import markdown_table
+from src.tune.fidelity import fidelity_counts, is_full
 
 LOCATION_KEYS = ("runs_dir", "cache_dir")  # where runs and the cache go, not how a model trains
 
@@ -48,16 +49,22 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     one-image lead is noise, not evidence. Among the trials within one image of the top the base config wins (no
     evidence to move away from it), else the fastest (then the earliest): a tie is never broken by validation log
     loss, whose floor label smoothing and mixup raise, so it would favour the least regularised trial."""
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and is_full(t)]  # cheaper runs never win
     if not done:
         return None
-    top = study.best_trial
+    top = top_trial(study, done)
     step = top.user_attrs.get("one_image")
     if not step:  # another metric: the top value wins
         return top
     # A hair over the step: a mean of fold accuracies is not always exactly k / rows in floating point.
     near = [t for t in done if abs(t.value - top.value) <= step * 1.001]
     return min(near, key=lambda t: (not is_base(t, study), seconds(t), t.number))
+
+
+def top_trial(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial:
+    """The highest-scoring (lowest, when minimising) of `trials`, the earliest among equals."""
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return min(trials, key=lambda t: (sign * t.value, t.number))
 
 
 def format_value(value) -> str:
@@ -71,13 +78,21 @@ def format_params(params: dict) -> str:
 def trial_line(trial: FrozenTrial, best: FrozenTrial | None, monitor: str) -> str:
     """`trial 3 complete in 41s: accuracy=0.9812 | lr=0.0012 ... | best so far: trial 1 accuracy=0.9850`."""
     took = f" in {trial.duration.total_seconds():.0f}s" if trial.duration else ""  # unknown for a made-up trial
+    if "rung" in trial.user_attrs:
+        took += f" at fidelity {fidelity_label(trial)}"
     outcome = f"{monitor}={trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.user_attrs.get("note", "")
     best_text = f"trial {best.number} {monitor}={best.value:.4f}" if best else "none complete yet"
     return (f"trial {trial.number} {trial.state.name.lower()}{took}: {outcome} | "
             f"{format_params(trial.params)} | best so far: {best_text}")
 
 
-TRIAL_COLUMNS = ("trial", "state", "value", "seconds", "note")
+TRIAL_COLUMNS = ("trial", "state", "value", "fidelity", "seconds", "note")
+
+
+def fidelity_label(trial: FrozenTrial) -> str:
+    """'full', or the share of a full run's cost a cheaper run had ('1/9')."""
+    share = trial.user_attrs.get("fidelity", 1.0)
+    return "full" if share >= 1 else f"1/{round(1 / share)}"
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -85,6 +100,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     values."""
     rows = [{"trial": t.number, "state": t.state.name.lower(),
              "value": t.value if t.state == TrialState.COMPLETE else math.nan,
+             "fidelity": fidelity_label(t),
              "seconds": round(t.duration.total_seconds(), 1) if t.duration else math.nan,
              "note": t.user_attrs.get("note", ""), **t.params}
             for t in study.trials if t.state != TrialState.WAITING]  # queued start points not run yet
@@ -96,7 +112,7 @@ def write_trials(tune_dir: Path, frame: pd.DataFrame) -> str:
     write_csv(tune_dir / "trials.csv", frame)
     shown = frame.copy()
     shown["seconds"] = shown["seconds"].map(lambda s: f"{s:.0f}")
-    for column in shown.columns[5:]:  # the searched values: 4 significant digits, so lr=3e-4 stays readable
+    for column in shown.columns[len(TRIAL_COLUMNS):]:  # the searched values: 4 significant digits, so lr=3e-4 stays readable
         shown[column] = shown[column].map(format_value)
     table = markdown_table(shown)
     write_text(tune_dir / "trials.md", f"# Trials\n\n{table}\n")
@@ -123,15 +139,30 @@ def plot_history(path: Path, study: optuna.Study, label: str) -> None:
     plt.close(fig)
 
 
+def comparable_runs(study: optuna.Study) -> tuple[list[FrozenTrial], str]:
+    """The complete trials of the fidelity with the most of them (the cheaper on a tie), and its label."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    by_fidelity: dict[str, list[FrozenTrial]] = {}
+    for t in sorted(done, key=lambda t: t.user_attrs.get("fidelity", 1.0)):
+        by_fidelity.setdefault(fidelity_label(t), []).append(t)
+    if not by_fidelity:
+        return [], "full"
+    label = max(by_fidelity, key=lambda k: len(by_fidelity[k]))  # the first (cheapest) of the largest
+    return by_fidelity[label], label
+
+
 def plot_importance(path: Path, study: optuna.Study) -> str:
     """importance.png (Optuna's parameter importances); returns a line saying what it shows or why there is none."""
-    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    runs, fidelity = comparable_runs(study)
+    complete = len(runs)
     if complete < 2:
-        return f"no importance.png: it needs at least 2 complete trials, the study has {complete}"
+        return f"no importance.png: it needs at least 2 complete trials at one fidelity, the study has {complete}"
+    same = optuna.create_study(direction=study.direction)  # values of one fidelity only: comparable
+    same.add_trials(runs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(same)
         except (ValueError, RuntimeError) as err:  # e.g. no searched key varied between the complete trials
             return f"no importance.png: {str(err).splitlines()[0]}"
     if caught:  # with few trials PED-ANOVA warns that every importance is equal: a plot would mislead
@@ -141,7 +172,7 @@ def plot_importance(path: Path, study: optuna.Study) -> str:
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel(f"importance (Optuna, {complete} complete trials; rough with few trials)")
+    ax.set_xlabel(f"importance (Optuna, {complete} complete trials at fidelity {fidelity}; rough with few trials)")
     save_figure(path, fig)
     plt.close(fig)
     return "importance.png: " + ", ".join(f"{name} {share:.2f}" for name, share in list(importances.items())[:3])
@@ -173,6 +204,7 @@ def write_reports(study: optuna.Study, tune_dir: Path, storage: str, folds: list
     retry = [t.number for t in awaiting_retry(study)]
     source = f"study {study.study_name!r} in {storage}, {len(frame)} trials"
     lines = [f"study: {source} ({', '.join(f'{n} {state}' for state, n in counts.items())})",
+             fidelity_counts(study),
              f"tuned on fold(s) {fold_text}: their validation rows chose the config"]
     if retry:
         lines.append(f"cut short (interrupt, kill or budget) and not yet run again: trial(s) "
@@ -187,7 +219,7 @@ def write_reports(study: optuna.Study, tune_dir: Path, storage: str, folds: list
         held = (f"held-out fold(s) {','.join(map(str, holdout[0]))}: {monitor} {holdout[1]:.4f} (final epoch; never "
                 f"used to choose the config)")
     write_text(tuned_path, tuned_config_text(best, study.study_name, source, tuned_on, held, tuned_path))
-    top = study.best_trial
+    top = top_trial(study, [t for t in study.trials if t.state == TrialState.COMPLETE and is_full(t)])
     if top.number != best.number:
         why = "it trained the base config" if is_base(best, study) else \
             f"it trained faster ({seconds(best):.0f} s vs {seconds(top):.0f} s)"

@@ -25,9 +25,13 @@ def run_study(args, start: float) -> None:
     folds, holdout, val_rows = tuning.check_folds(base, args.folds, args.holdout_folds)
     name = tuning.check_name(args.name or f"{Path(base.data_dir).name}-{Path(args.space).stem}")
     job = tuning.TuneJob(name, base, space, folds, Path(base.runs_dir) / "tune" / name, args.quiet, deadline,
-                         val_rows)
+                         val_rows, halving=args.fidelity == "halving")
+    if job.halving and args.pruner not in ("auto", "none"):
+        raise UserError(f"--pruner {args.pruner}: --fidelity halving already stops weak configs early; use it with "
+                        f"--fidelity full")
+    pruner = "none" if job.halving else "median" if args.pruner == "auto" else args.pruner
     storage = args.storage or tuning.default_storage(job.tune_dir)
-    study = tuning.open_study(job, storage, args.resume or args.report, args.pruner, must_exist=args.report)
+    study = tuning.open_study(job, storage, args.resume or args.report, pruner, must_exist=args.report)
     flags = sorted(f"{k}={v}" for k, v in vars(args).items() if k in FIELD_TYPES and k != "data_dir")  # given ones
     print(f"study {name} ({storage}): searching {', '.join(space.params)}; set by flags: {', '.join(flags) or '-'}"
           f"; tuning on fold(s) {args.folds}, so the best value is optimistic; trial logs: "

@@ -21,6 +21,7 @@ from src.core.metrics import metric_mode
 from src.data.folds import parse_fold_arg
 from src.train.config import TrainConfig
 from src.train.cv import load_labelled
+from src.tune.fidelity import ETA, RUNGS
 from src.tune.pruning import PROGRESS_STEPS, build_pruner
 from src.tune.report import LOCATION_KEYS, awaiting_retry
 from src.tune.space import SearchSpace, contains, space_record
@@ -45,6 +46,7 @@ class TuneJob:
     quiet: bool = True
     deadline: float | None = None  # time.monotonic() at which the budget is spent; None = no budget
     val_rows: int = 0  # validation rows over the tuned folds (one image's worth of accuracy); 0 = unknown
+    halving: bool = False  # multi-fidelity: cheap runs first, the best promoted (src/tune/fidelity.py)
 
     @property
     def trials_dir(self) -> Path:
@@ -95,7 +97,11 @@ def study_record(job: TuneJob) -> dict:
     """What makes trials comparable: stored with the study, checked when it is resumed or joined (as JSON)."""
     base = {k: v for k, v in config_to_dict(job.base).items() if k not in LOCATION_KEYS}
     return json.loads(json.dumps({"space": space_record(job.space), "base_config": base, "folds": job.folds,
-                                  "objective": OBJECTIVE}))
+                                  "objective": OBJECTIVE, "fidelity": fidelity_record(job)}))
+
+
+def fidelity_record(job: TuneJob) -> dict:
+    return {"schedule": "halving", "rungs": RUNGS, "eta": ETA} if job.halving else {"schedule": "full"}
 
 
 def open_study(job: TuneJob, storage: str, resume: bool, pruner: str, must_exist: bool = False) -> optuna.Study:
@@ -117,10 +123,13 @@ def open_study(job: TuneJob, storage: str, resume: bool, pruner: str, must_exist
     study.sampler = optuna.samplers.TPESampler(seed=job.base.seed + len(study.trials),
                                                n_startup_trials=STARTUP_TRIALS)
     check_record(study, study_record(job), storage)
-    if not study.trials:
+    if not study.trials:  # the base config first (at full fidelity), then the space's start points
         first = base_point(job)
-        for point in ([first] if first else []) + [{**first, **p} for p in job.space.starts if p]:
-            study.enqueue_trial(point, skip_if_exists=True)
+        cheap = {"rung": 0} if job.halving else {}
+        if first:
+            study.enqueue_trial(first, user_attrs={"rung": RUNGS - 1} if job.halving else {})
+        for point in [{**first, **p} for p in job.space.starts if p]:
+            study.enqueue_trial(point, user_attrs=cheap, skip_if_exists=True)
     elif not must_exist:
         for line in recover(study):
             print(line)
@@ -161,7 +170,8 @@ def recover(study: optuna.Study) -> list[str]:
             study.tell(t.number, state=TrialState.FAIL)
             lines.append(f"trial {t.number} was left running by a process that no longer exists: marked failed")
     for t in awaiting_retry(study):
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        kept = {k: t.user_attrs[k] for k in ("rung", "promoted_from") if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **kept})
         lines.append(f"trial {t.number} ({t.user_attrs['note']}) is queued again with the same values")
     return lines
 
@@ -178,6 +188,8 @@ def check_record(study: optuna.Study, record: dict, storage: str) -> None:
                         f"scored final epochs: {saved.get('objective', 'best epochs')}); its trials cannot be compared "
                         f"with new ones, so start a new study (another --name)")
     changed = [key for key in ("space", "folds") if saved.get(key) != record[key]]
+    if saved.get("fidelity", {"schedule": "full"}) != record["fidelity"]:  # studies before fidelities: full
+        changed.append("--fidelity")
     changed += config_differences(saved.get("base_config", {}), record["base_config"], TrainConfig)
     if changed:
         raise UserError(f"study {study.study_name!r} in {storage} was made with another {', '.join(changed)}; resume "

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from src.core.config import config_from_dict, config_to_dict
 from src.core.errors import UserError
 from src.train.config import TrainConfig
 from src.train.cv import train_folds
+from src.tune.fidelity import RUNGS, Planner, cost_share, fidelity_values, is_full, promotions, rung_of
 from src.tune.pruning import RunningMean, progress_step
 from src.tune.report import best_trial, trial_line
 from src.tune.space import sample, trial_config
@@ -57,9 +58,13 @@ def fold_mean(results: list[dict], metric: str) -> float:
 
 
 def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
-    """The objective: sample, train the tuned folds (pruned between epochs), score the mean final metric, then
-    delete the checkpoints (config.json, log.csv and the OOF files stay)."""
+    """The objective: sample, train the tuned folds (at the trial's fidelity; pruned between epochs), score the mean
+    final metric, then delete the checkpoints (config.json, log.csv and the OOF files stay)."""
     values = sample(trial, job.space.params, job.base)
+    if job.halving:
+        rung = rung_of(trial)
+        values = fidelity_values(values, job.base.epochs, rung)
+        trial.set_user_attr("fidelity", cost_share(rung))
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
     try:
@@ -109,14 +114,19 @@ def seconds_needed(study: optuna.Study, job: TuneJob, holdout_folds: int) -> flo
     return min(t.duration.total_seconds() for t in done) + per_fold * holdout_folds
 
 
-def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_folds: int = 0) -> int:
-    """Ask, train, tell until `n_trials` have run or the budget cannot fit another trial; one line per finished
-    trial. Returns the number of trials run."""
-    ran, errors_in_a_row = 0, 0
-    while n_trials is None or ran < n_trials:
-        if job.deadline is not None and time.monotonic() + seconds_needed(study, job, holdout_folds) >= job.deadline:
-            break  # no trial could finish (nor the held-out training after it) before the deadline
+class Runner:
+    """Ask, train and tell one trial at a time, one line each; stops the study after MAX_ERRORS_IN_A_ROW errors."""
+
+    def __init__(self, study: optuna.Study, job: TuneJob):
+        self.study, self.job, self.ran, self.errors_in_a_row = study, job, 0, 0
+
+    def run(self, attrs: dict | None = None) -> FrozenTrial:
+        """One trial: the next queued one, else a new sample; `attrs` (its rung) are set on a new one."""
+        study, job = self.study, self.job
         trial = study.ask()
+        for key, value in (attrs or {}).items():
+            if key not in trial.user_attrs:  # a queued trial brought its own
+                trial.set_user_attr(key, value)
         value, state, note = None, TrialState.COMPLETE, ""
         try:
             trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial recover() can tell
@@ -140,11 +150,73 @@ def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_
             trial.set_user_attr("note", note)
         finished = study.tell(trial, value, state=state)
         print(trial_line(finished, best_trial(study), job.base.monitor), flush=True)
-        ran += 1
-        errors_in_a_row = errors_in_a_row + 1 if note.startswith("error") else 0
-        if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise UserError(f"{errors_in_a_row} trials in a row stopped with an error; the last: {note}")
-    return ran
+        self.ran += 1
+        self.errors_in_a_row = self.errors_in_a_row + 1 if note.startswith("error") else 0
+        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+            raise UserError(f"{self.errors_in_a_row} trials in a row stopped with an error; the last: {note}")
+        return study.trials[finished.number]
+
+
+def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_folds: int = 0) -> int:
+    """Train trials until `n_trials` have run or the budget cannot fit another; with fidelities by successive
+    halving (run_halving), else each at full fidelity. Returns the number of trials run."""
+    if job.halving:
+        return run_halving(study, job, n_trials, holdout_folds)
+    runner = Runner(study, job)
+    while n_trials is None or runner.ran < n_trials:
+        if job.deadline is not None and time.monotonic() + seconds_needed(study, job, holdout_folds) >= job.deadline:
+            break  # no trial could finish (nor the held-out training after it) before the deadline
+        runner.run()
+    return runner.ran
+
+
+def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_folds: int = 0) -> int:
+    """Asynchronous successive halving: the base config at full fidelity first (queued so by open_study), then
+    whatever is due: a promotion (a trial in the best 1/ETA of its rung, highest rung first), else a new cheapest
+    trial if it and the promotions after it still fit the budget, else the best of each rung forced up while they
+    fit. One full run's seconds (the base config's) size every rung."""
+    runner = Runner(study, job)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    planner = Planner(job.deadline)
+    top = RUNGS - 1
+
+    def measure_full() -> None:
+        full = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if is_full(t) and t.duration]
+        planner.full_s = max(full) if full else None
+        planner.reserve_s = (planner.full_s or 0.0) * holdout_folds / len(job.folds)
+
+    def due(force: bool) -> tuple[int, FrozenTrial] | None:
+        for rung in range(top, 0, -1):
+            ready = promotions(study, rung, maximize, at_least_one=force)
+            if ready and planner.fits(rung):
+                return rung, ready[0]
+        return None
+
+    while n_trials is None or runner.ran < n_trials:
+        measure_full()
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:  # the base config, the space's start points, trials to run again: queued first
+            rung = rung_of(waiting[0])
+            if not planner.fits(rung, then_promote=True) and planner.full_s is not None:
+                break
+            runner.run()
+        elif promoted := due(force=False):
+            runner.run(promote(study, *promoted))
+        elif planner.full_s is None or planner.fits(0, then_promote=True):
+            runner.run({"rung": 0})
+        elif promoted := due(force=True):
+            runner.run(promote(study, *promoted))
+        else:
+            break
+    return runner.ran
+
+
+def promote(study: optuna.Study, rung: int, trial: FrozenTrial) -> dict:
+    """Queue `trial`'s values again at `rung`; the attributes the run it becomes carries."""
+    attrs = {"rung": rung, "promoted_from": trial.number}
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    return attrs
 
 
 def holdout_runs_dir(job: TuneJob, best: optuna.trial.FrozenTrial, tag: str) -> Path:

@@ -42,9 +42,9 @@ def test_reports_name_the_best_trial_as_optimistic_and_the_tuned_config_trains_a
     tuned = tmp_path / "tuned" / "s.yaml"
     lines = write_reports(study, tmp_path, "sqlite:///x.db", [0], "accuracy", tuned, ([3], 0.85))
     table = pd.read_csv(tmp_path / "trials.csv")
-    assert list(table.columns[:5]) == ["trial", "state", "value", "seconds", "note"]
+    assert list(table.columns[:6]) == ["trial", "state", "value", "fidelity", "seconds", "note"]
     assert list(table["state"]) == ["complete"] * 2 + ["pruned"] + ["complete"] * 3
-    assert "best: trial 1, accuracy 0.9000 is the mean final-epoch value over the tuned fold(s) 0 (optimistic" in lines[2]
+    assert "best: trial 1, accuracy 0.9000 is the mean final-epoch value over the tuned fold(s) 0 (optimistic" in lines[3]
     assert "held-out fold(s) 3: accuracy 0.8500 (final epoch; never used to choose the config)" in lines
     for name in ("trials.md", "history.png", "importance.png", "summary.md"):
         assert (tmp_path / name).is_file(), name

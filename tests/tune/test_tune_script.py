@@ -34,7 +34,9 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
     assert "held-out fold(s) 1: accuracy" in proc.stdout
     for name in ("trials.md", "history.png", "summary.md"):
         assert (study_dir / name).is_file(), name
-    assert "no importance.png: too few complete trials (2)" in (study_dir / "summary.md").read_text()
+    summary = (study_dir / "summary.md").read_text()  # the base config in full, one cheap run (--fidelity halving)
+    assert "full 1 (1 complete)" in summary and "1/9 of a full run 1 (1 complete)" in summary
+    assert "no importance.png: it needs at least 2 complete trials at one fidelity, the study has 1" in summary
     assert not list(study_dir.rglob("trials/**/*.pt"))  # trials keep logs and configs, not weights
     # Each complete trial carries what the near-tie rule needs (one image's worth of the mean accuracy over the tuned
     # folds: one row of their validation rows together); its value is the final epochs', the best epochs' beside it.

@@ -1,0 +1,100 @@
+"""Multi-fidelity search: successive halving over complete, cheaper runs.
+
+A configuration is first trained at a low fidelity: fewer epochs AND a per-class subsample of the training rows,
+each scaled by sqrt(cost), so a rung costs 1/ETA^k of a full run and its schedule still runs to the end (a cut-off
+one-cycle run is still at its peak LR and ranks configs poorly). The best 1/ETA of each rung is trained again at the
+next, up to full fidelity (the base config's epochs and every training row). The base config itself is trained at
+full fidelity first, always: the study's pick is made among full-fidelity trials only (ties go to the base config),
+so it can never prefer something worse than the base config on the tuned folds by accident.
+
+Each run is one Optuna trial with user attributes `rung` (0 = cheapest) and `fidelity` (its share of a full run's
+cost); a promoted run is queued with the values it was chosen with and `promoted_from` naming the trial it beat the
+others in. TPE learns from every rung's values (it sees more cheap ones).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+ETA = 3  # each rung keeps the best third
+RUNGS = 3  # fidelities 1/9, 1/3 and 1 of a full run's cost
+
+
+def cost_share(rung: int, rungs: int = RUNGS, eta: int = ETA) -> float:
+    """A rung's cost as a share of a full-fidelity run."""
+    return float(eta) ** (rung - (rungs - 1))
+
+
+def fidelity_values(values: dict, base_epochs: int, rung: int, rungs: int = RUNGS, eta: int = ETA) -> dict:
+    """A trial's values at `rung`: epochs and the training-row share each scaled by sqrt(cost); full fidelity
+    (the top rung) leaves them as they are."""
+    share = cost_share(rung, rungs, eta)
+    if share >= 1:
+        return dict(values)
+    scale = math.sqrt(share)
+    epochs = values.get("epochs", base_epochs)
+    return {**values, "epochs": max(1, round(epochs * scale)), "train_fraction": round(scale, 4)}
+
+
+def rung_of(trial: FrozenTrial, rungs: int = RUNGS) -> int:
+    """A trial's rung; trials of studies without fidelities ran at full fidelity."""
+    return int(trial.user_attrs.get("rung", rungs - 1))
+
+
+def is_full(trial: FrozenTrial, rungs: int = RUNGS) -> bool:
+    return rung_of(trial, rungs) == rungs - 1
+
+
+def promotions(study: optuna.Study, rung: int, maximize: bool, at_least_one: bool = False, rungs: int = RUNGS,
+               eta: int = ETA) -> list[FrozenTrial]:
+    """The complete trials of `rung - 1` that earn a run at `rung`: the best 1/eta of those so far (with
+    `at_least_one`, the best one even among fewer than eta), less those already run or queued there."""
+    below = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if rung_of(t, rungs) == rung - 1]
+    if not below:
+        return []
+    ranked = sorted(below, key=lambda t: (-t.value if maximize else t.value, t.number))
+    chosen = ranked[:max(int(at_least_one), len(below) // eta)]
+    done = {t.user_attrs.get("promoted_from") for t in study.trials if rung_of(t, rungs) == rung}
+    return [t for t in chosen if t.number not in done]
+
+
+class Planner:
+    """When a trial of each rung may start: a full run's seconds are measured (the base config's first run) and
+    every rung costs its share of that; a cheap trial starts only if the promotions it would need still fit."""
+
+    def __init__(self, deadline: float | None, reserve_s: float = 0.0, rungs: int = RUNGS, eta: int = ETA):
+        self.deadline, self.reserve_s, self.rungs, self.eta = deadline, reserve_s, rungs, eta
+        self.full_s: float | None = None
+
+    def seconds(self, rung: int) -> float:
+        return (self.full_s or 0.0) * cost_share(rung, self.rungs, self.eta)
+
+    def fits(self, rung: int, then_promote: bool = False) -> bool:
+        """Whether a trial of `rung` (and, with `then_promote`, one run at each higher rung after it, as a bracket
+        needs to reach full fidelity) can finish before the deadline, keeping `reserve_s` for the held-out runs."""
+        if self.deadline is None:
+            return True
+        need = self.seconds(rung) + self.reserve_s
+        if then_promote:
+            need += sum(self.seconds(r) for r in range(rung + 1, self.rungs))
+        return time.monotonic() + need < self.deadline
+
+
+def fidelity_counts(study: optuna.Study, rungs: int = RUNGS, eta: int = ETA) -> str:
+    """'9 configurations; runs at each fidelity: 1/9 of a full run 9 (9 complete), ...' for summary.md."""
+    runs = [t for t in study.trials if t.state != TrialState.WAITING]
+    configs = {tuple(sorted(t.params.items())) for t in runs}
+    if not any("rung" in t.user_attrs for t in runs):
+        return f"{len(configs)} configurations, every run at full fidelity"
+    parts = []
+    for rung in range(rungs):
+        share = cost_share(rung, rungs, eta)
+        at = [t for t in runs if rung_of(t, rungs) == rung]
+        done = sum(t.state == TrialState.COMPLETE for t in at)
+        label = "full" if share >= 1 else f"1/{round(1 / share)} of a full run"
+        parts.append(f"{label} {len(at)} ({done} complete)")
+    return (f"{len(configs)} configurations; runs at each fidelity: {', '.join(parts)} (the pick is made among "
+            f"full-fidelity runs, the base config's included)")

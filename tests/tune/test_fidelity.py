@@ -1,0 +1,111 @@
+"""Multi-fidelity search (successive halving) on faked training: rung sizes, promotions, the base config at full
+fidelity, the pick among full-fidelity runs only, the budget planner and the reports."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_trials import fake_training
+
+from src.core.errors import UserError
+from src.train.config import TrainConfig
+from src.tune import trials
+from src.tune.fidelity import Planner, fidelity_values, rung_of
+from src.tune.report import best_trial, trials_frame, write_reports
+from src.tune.space import parse_space
+from src.tune.study import TuneJob, open_study
+from src.tune.trials import run_trials
+
+from helpers import run_script
+
+
+def halving_job(tmp_path, halving: bool = True) -> TuneJob:
+    cfg = TrainConfig(runs_dir=str(tmp_path / "runs"), epochs=30, lr=1e-3)
+    space = parse_space({"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "space.yaml")
+    return TuneJob("t", cfg, space, [0], tmp_path / "tune", halving=halving)
+
+
+def test_cheaper_rungs_shorten_epochs_and_rows_alike_and_full_fidelity_is_untouched():
+    assert fidelity_values({"lr": 1e-3}, 30, 0) == {"lr": 1e-3, "epochs": 10, "train_fraction": 0.3333}
+    assert fidelity_values({"epochs": 20}, 30, 1) == {"epochs": 12, "train_fraction": 0.5774}
+    assert fidelity_values({"lr": 1e-3}, 30, 2) == {"lr": 1e-3}
+    assert fidelity_values({}, 1, 0)["epochs"] == 1
+
+
+def test_halving_runs_the_base_config_in_full_first_promotes_the_best_and_never_picks_a_cheap_run(tmp_path,
+                                                                                                    monkeypatch):
+    calls = []
+    # Cheap runs score far higher than any full one: a pick among all runs would take one of them.
+    monkeypatch.setattr(trials, "train_logged", fake_training(lambda cfg: [
+        {"accuracy": 0.5, "final_accuracy": min(0.99, 10 * cfg.lr + (0.4 if cfg.train_fraction < 1 else 0))}],
+        calls))
+    job = halving_job(tmp_path)
+    study = open_study(job, f"sqlite:///{tmp_path / 'study.db'}", resume=False, pruner="none")
+    assert run_trials(study, job, n_trials=14) == 14
+    runs = study.trials
+    assert (rung_of(runs[0]), runs[0].params["lr"], calls[0].epochs, calls[0].train_fraction) == (2, 1e-3, 30, 1.0)
+    rungs = [rung_of(t) for t in runs]
+    assert rungs.count(0) == 9 and rungs.count(1) == 3 and rungs.count(2) == 2  # 9 -> 3 -> 1, plus the base
+    for t in runs[1:]:
+        if "promoted_from" in t.user_attrs:
+            source = study.trials[t.user_attrs["promoted_from"]]
+            assert source.params == t.params and rung_of(source) == rung_of(t) - 1
+            below = [s.value for s in runs[:t.number] if rung_of(s) == rung_of(source)]
+            assert source.value >= sorted(below)[-(len(below) // 3)]  # in the best third when promoted
+    assert [c.epochs for c, t in zip(calls, runs) if rung_of(t) == 1] == [17] * 3
+    best = best_trial(study)
+    assert rung_of(best) == 2 and best.value < max(t.value for t in runs)
+    frame = trials_frame(study)
+    assert list(frame["fidelity"][:2]) == ["full", "1/9"]
+    lines = write_reports(study, tmp_path / "tune", "sqlite://", [0], "accuracy", tmp_path / "tuned.yaml", None)
+    assert any("10 configurations; runs at each fidelity: 1/9 of a full run 9 (9 complete), 1/3 of a full run 3 "
+               "(3 complete), full 2 (2 complete)" in line for line in lines)
+    assert "| fidelity |" in (tmp_path / "tune" / "trials.md").read_text()
+
+
+def test_the_planner_starts_a_cheap_run_only_when_its_promotions_still_fit():
+    planner = Planner(deadline=time.monotonic() + 100)
+    planner.full_s = 90.0
+    assert planner.fits(2) and planner.fits(0) and planner.fits(1)
+    assert not planner.fits(0, then_promote=True)  # 10 + 30 + 90 s > 100 s
+    planner.reserve_s = 95.0  # the held-out folds after the study
+    assert not planner.fits(0)
+    assert Planner(deadline=None).fits(0, then_promote=True)
+
+
+def test_near_the_deadline_the_best_cheap_run_is_forced_up_instead_of_new_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "train_logged", fake_training(lambda cfg: [
+        {"accuracy": 0.5, "final_accuracy": 10 * cfg.lr}]))
+    job = halving_job(tmp_path)
+    study = open_study(job, f"sqlite:///{tmp_path / 'study.db'}", resume=False, pruner="none")
+    run_trials(study, job, n_trials=3)  # the base in full, two cheap ones: too few for a promotion by rank
+    assert [rung_of(t) for t in study.trials] == [2, 0, 0]
+    planner_fits = Planner.fits
+    monkeypatch.setattr(Planner, "fits", lambda self, rung, then_promote=False: not then_promote and
+                        planner_fits(self, rung))  # no room for a new bracket, room for single runs
+    job.deadline = time.monotonic() + 3600
+    run_trials(study, job, n_trials=2)
+    assert [rung_of(t) for t in study.trials][3:] == [1, 2]
+
+
+def test_a_study_cannot_be_resumed_under_another_fidelity_schedule(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(halving_job(tmp_path, halving=False), storage, resume=False, pruner="median")
+    with pytest.raises(UserError, match="--fidelity"):
+        open_study(halving_job(tmp_path), storage, resume=True, pruner="none")
+
+
+def test_the_full_schedule_keeps_every_trial_at_full_fidelity(tmp_path, monkeypatch):
+    monkeypatch.setattr(trials, "train_logged", fake_training(lambda cfg: [
+        {"accuracy": 0.5, "final_accuracy": 10 * cfg.lr}]))
+    job = halving_job(tmp_path, halving=False)
+    study = open_study(job, f"sqlite:///{tmp_path / 'study.db'}", resume=False, pruner="none")
+    run_trials(study, job, n_trials=3)
+    assert all(rung_of(t) == 2 for t in study.trials) and set(trials_frame(study)["fidelity"]) == {"full"}
+
+
+def test_a_pruner_with_halving_is_refused_in_one_line(demo, tmp_path):
+    proc = run_script("tune.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]), "--runs-dir",
+                      str(tmp_path / "runs"), "--trials", "1", "--pruner", "median")
+    assert proc.returncode == 2 and "--fidelity halving already stops weak configs" in proc.stderr
+    assert not (tmp_path / "runs" / "tune").exists() or not list((tmp_path / "runs" / "tune").rglob("trial*"))
