@@ -136,7 +136,7 @@ def main() -> None:
         table += (f"\n\n## CPU precision x memory format\n\nTraining images/s, {size_px} px RGB, batch {batch}, "
                   f"{steps} steps x {args.rounds} interleaved rounds (median); native bf16 on this CPU: "
                   f"{native_bf16()}; `auto` picks the fastest that bf16 support allows, if 10 % faster than fp32 "
-                  f"NCHW.\n\n" + markdown_table(grid, digits=3))
+                  f"NCHW.\n\n" + markdown_table(grid, digits=2))
     header = (f"# Training and inference speed\n\nMachine: {cpu_name()} ({platform.machine()}), "
               f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, device {rt.device}. "
               f"Model {cfg.model}, batch {cfg.batch_size}, {n_train} MNIST digits (28 px), {args.epochs} epochs x "

@@ -109,6 +109,9 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
     rows it trains on (or the pretrained weights' `stats`), and the model."""
     is_val = fold_of == k
     train_rows = subsample(np.flatnonzero(~is_val), table.labels, cfg.train_fraction, derived_seed(cfg.seed, k, -3))
+    if cfg.train_fraction < 1:
+        print(f"fold {k}: {len(train_rows)} of {int((~is_val).sum())} training rows (train_fraction "
+              f"{cfg.train_fraction:g}, per class)")
     real = (RowView(images, train_rows), table.labels[train_rows], [table.ids[i] for i in train_rows])
     parts, extra = [] if cfg.synthetic_only else [real], {}
     if cfg.synthetic:
