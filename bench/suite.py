@@ -138,7 +138,9 @@ def judged(table: pd.DataFrame, before: pd.DataFrame) -> str:
     if not common:
         return "--against: no set in common with this run; nothing judged."
     delta = 100 * (now.loc[common, "kit"] - before.loc[common, "kit"])
-    spread = pd.concat([now.loc[common, "seed spread pp"], before.loc[common, "seed spread pp"]], axis=1).max(axis=1)
+    # One seed has no spread: any loss then counts (a single run cannot show that a loss is noise).
+    spread = pd.concat([now.loc[common, "seed spread pp"], before.loc[common, "seed spread pp"]],
+                       axis=1).max(axis=1).fillna(0.0)
     losers = [s for s in common if delta[s] < -spread[s]]
     rises = now.loc[common, "gain pp"].mean() > before.loc[common, "gain pp"].mean()
     per_set = ", ".join(f"{s} {delta[s]:+.1f} pp (spread {spread[s]:.1f})" for s in common)

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -83,6 +84,18 @@ def upgraded(values: dict, cls: type) -> dict:
     return upgrade(values) if upgrade else values
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false. YAML 1.1 also reads on / off / yes / no as booleans, which
+    would turn `amp: on` into True."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a JSON or YAML mapping of config keys."""
     path = Path(path)
@@ -90,7 +103,7 @@ def load_config_file(path: str | Path) -> dict:
         raise UserError(f"{path}: config file not found")
     try:
         text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        values = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise UserError(f"{path}: cannot parse config ({str(err).splitlines()[0]})") from None
     except (OSError, UnicodeDecodeError) as err:

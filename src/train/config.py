@@ -109,7 +109,7 @@ HELP = {
     "device": "auto picks CUDA when available",
     "amp": "mixed precision: on CUDA bf16 where supported, else fp16 + GradScaler; on a CPU bf16 autocast. auto = "
            "on with CUDA; on a CPU on only where a short probe measures it faster (src/train/cpu_speed.py); the "
-           "choice is saved in config.json",
+           "choice is recorded in config.json (cpu_speed, runtime)",
     "channels_last": "channels_last (NHWC) memory format; auto = on with CUDA, on a CPU where the probe measures "
                      "it faster",
     "deterministic": "bit-exact repeatable runs; off lets cuDNN pick the fastest (non-deterministic) kernels",
@@ -215,7 +215,7 @@ class TrainConfig(DataFields):
     @staticmethod
     def upgrade(values: dict) -> dict:
         """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only)."""
-        legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "on", False: "off"}}
+        legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "auto", False: "off"}}
         return {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
 
     @property

@@ -8,8 +8,9 @@ on random data. The rule:
 - a candidate replaces fp32 NCHW only when it is at least MARGIN faster, so timing noise cannot flip a run;
 - the result is kept per host, torch version, threads, model, input and batch in `speed_probe.json` in the image
   cache folder, so every later run on this data and host makes the same choice without probing again.
-The choice is written into the run's config (amp / channels_last become on / off), so config.json says what ran
-and a resumed run trains exactly as before. On CUDA nothing is probed: auto means on.
+The config keeps `auto` (it travels to other hosts, which decide for themselves); the choice and its timings go to
+config.json's `cpu_speed`, the precision and memory format to its `runtime` (checked on resume), and a resumed fold
+reuses its recorded choice instead of probing again. On CUDA nothing is probed: auto means on.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cand: C
 def measure(cfg: TrainConfig, in_chans: int, num_classes: int, size_hw: tuple[int, int],
             cands: list[Candidate]) -> dict[Candidate, float]:
     """Median training images/s of each candidate on random data, interleaved over rounds (hosts are noisy)."""
-    with torch.random.fork_rng():  # the probe must not move the run's random streams
+    with torch.random.fork_rng(devices=[]):  # the probe must not move the run's random streams (CPU only)
         torch.manual_seed(0)
         return _measure(cfg, in_chans, num_classes, size_hw, cands)
 
@@ -98,9 +99,14 @@ def _measure(cfg: TrainConfig, in_chans: int, num_classes: int, size_hw: tuple[i
     y = torch.randint(0, num_classes, (cfg.batch_size,))
     results: dict[Candidate, list[float]] = {c: [] for c in cands}
     for _ in range(ROUNDS):
-        for cand in cands:
-            time_steps(model, x, y, cand, WARMUP_STEPS)
-            results[cand].append(time_steps(model, x, y, cand, TIMED_STEPS))
+        for cand in [c for c in cands if c in results]:
+            try:
+                time_steps(model, x, y, cand, WARMUP_STEPS)
+                results[cand].append(time_steps(model, x, y, cand, TIMED_STEPS))
+            except RuntimeError:  # an op this candidate cannot run (e.g. under bf16 autocast): not a candidate
+                if cand == cands[0]:
+                    raise
+                del results[cand]
     return {c: statistics.median(v) for c, v in results.items()}
 
 
@@ -132,8 +138,9 @@ def probe(cfg: TrainConfig, in_chans: int, num_classes: int, size_hw: tuple[int,
     cached = len(speeds) == len(cands)
     if not cached:
         speeds = measure(cfg, in_chans, num_classes, size_hw, cands)
-        probes[key] = {"images_per_s": {**entry.get("images_per_s", {}), **{c.name: round(s, 1)
-                                                                            for c, s in speeds.items()}}}
+        # Timings already kept stay as they are: a later run with more candidates must not move the baseline.
+        probes[key] = {"images_per_s": {**{c.name: round(s, 1) for c, s in speeds.items()},
+                                        **entry.get("images_per_s", {})}}
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             write_text(path, json.dumps(probes, indent=1) + "\n")
@@ -148,17 +155,21 @@ def as_settings(cand: Candidate) -> dict:
 
 
 def resolve_cpu_speed(cfg: TrainConfig, rt: Runtime, in_chans: int, num_classes: int, size_hw: tuple[int, int],
-                      cache_dir: Path) -> tuple[TrainConfig, dict | None]:
-    """Settle amp/channels_last `auto` on a CPU (rank 0 decides for every process): the config with on/off in
-    their place, the runtime switched to match, and the probe's record (None where nothing was auto or on CUDA)."""
+                      cache_dir: Path, recorded: dict | None = None) -> dict | None:
+    """Settle amp/channels_last `auto` on a CPU and switch the runtime to match; rank 0 decides for every process.
+    `recorded` (a resumed fold's config.json `cpu_speed`) is reused as it is, so a resumed run trains as before.
+    Returns the record for config.json (None where nothing was auto, or on CUDA)."""
     if rt.device.type != "cpu" or "auto" not in (cfg.amp, cfg.channels_last):
-        return cfg, None
-    record = probe(cfg, in_chans, num_classes, size_hw, cache_dir) if rt.dist.is_main else None
+        return None
+    if rt.dist.is_main:
+        record = {**recorded, "cached": True, "reused": True} if recorded else \
+            probe(cfg, in_chans, num_classes, size_hw, cache_dir)
+    else:
+        record = None
     record = broadcast_object(record, rt.dist)
-    cfg = dataclasses.replace(cfg, amp=record["amp"], channels_last=record["channels_last"])
-    rt.amp_dtype = torch.bfloat16 if cfg.amp == "on" else None
-    rt.channels_last = cfg.channels_last == "on"
-    return cfg, record
+    rt.amp_dtype = torch.bfloat16 if record["amp"] == "on" else None
+    rt.channels_last = record["channels_last"] == "on"
+    return record
 
 
 def describe(record: dict) -> str:
@@ -166,5 +177,6 @@ def describe(record: dict) -> str:
     chosen = f"{'bf16 autocast' if record['amp'] == 'on' else 'fp32'}, " \
              f"{'channels_last' if record['channels_last'] == 'on' else 'NCHW'}"
     speeds = ", ".join(f"{name} {speed:.0f}" for name, speed in record["images_per_s"].items())
-    source = "cached probe" if record["cached"] else "probe"
+    source = "as recorded by the resumed run" if record.get("reused") else \
+        "cached probe" if record["cached"] else "probe"
     return f"cpu speed: {chosen}" + (f" ({source}, training img/s: {speeds})" if speeds else "")

@@ -182,15 +182,16 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     info = {"classes": table.classes, "spec": spec, "fingerprint": data_fingerprint(table, folds_path, images),
             "input_size_px": cfg.input_size_px or (hub.input_size_px if hub else 0)}
     stats = pretrained_stats(hub, spec.in_chans) if hub and cfg.normalize != "data" else None
-    fed_hw = (info["input_size_px"],) * 2 if info["input_size_px"] else (spec.height_px, spec.width_px)
-    cfg, speed = resolve_cpu_speed(cfg, rt, spec.in_chans, len(table.classes), fed_hw, train_cache_dir(cfg))
-    if speed:
-        print(describe(speed))
     for k in folds:  # every fold's extra-row folders pass the leak guard before the first fold trains
         if cfg.synthetic:
             read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
         if cfg.pseudo:
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
+    fed_hw = (info["input_size_px"],) * 2 if info["input_size_px"] else (spec.height_px, spec.width_px)
+    speed = resolve_cpu_speed(cfg, rt, spec.in_chans, len(table.classes), fed_hw, train_cache_dir(cfg),
+                              recorded_speed(cfg, [k for k in folds if actions[k] == "resume"]))
+    if speed:
+        print(describe(speed))
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions(), "world_size": rt.dist.world_size,
               **({"pretrained_weights": hub.repo_id} if hub else {}), **({"cpu_speed": speed} if speed else {})}
@@ -210,6 +211,18 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     if rt.dist.is_main:
         report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, cfg, info["fingerprint"])
     return results
+
+
+def recorded_speed(cfg: TrainConfig, resumed: list[int]) -> dict | None:
+    """The CPU precision choice the first resumed fold recorded (config.json's cpu_speed), so it continues as it
+    began (folds of one run share one choice)."""
+    for k in resumed:
+        path = fold_dir(cfg.runs_dir, cfg.exp, k) / "config.json"
+        if path.is_file():
+            record = json.loads(path.read_text()).get("cpu_speed")
+            if record:
+                return record
+    return None
 
 
 def train_cache_dir(cfg: TrainConfig) -> Path:

@@ -64,17 +64,17 @@ def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
 def runtime_kind(rt: Runtime) -> dict:
     """The kind of device and precision a run trains on (recorded in its checkpoints): random draws on the
     device and AMP's arithmetic differ between kinds, so a run continues exactly only on the same kind."""
-    return {"device": rt.device.type, "amp_dtype": str(rt.amp_dtype)}
+    return {"device": rt.device.type, "amp_dtype": str(rt.amp_dtype), "channels_last": rt.channels_last}
 
 
 def check_runtime_kind(path: Path, state: dict, rt: Runtime) -> None:
     """Refuse to continue a checkpoint's unfinished run on another kind of device or precision. A finished run
     (nothing left to train) and a checkpoint from before the kind was recorded pass."""
-    saved = state.get("runtime")
-    if saved is None or state.get("finished") or saved == runtime_kind(rt):
-        return
-    raise UserError(f"{path}: trained with {saved}, now {runtime_kind(rt)}; resume on the same kind of device "
-                    f"(--device) for an exact continuation, or start a new --exp")
+    saved, now = state.get("runtime"), runtime_kind(rt)
+    if saved is None or state.get("finished") or all(saved[k] == now[k] for k in now if k in saved):
+        return  # keys an older checkpoint lacks are not compared
+    raise UserError(f"{path}: trained with {saved}, now {now}; resume on the same kind of device (--device) and "
+                    f"precision (--amp, --channels-last) for an exact continuation, or start a new --exp")
 
 
 class ArrayBatches(torch.utils.data.Dataset):

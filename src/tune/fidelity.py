@@ -13,11 +13,15 @@ others in. TPE learns from every rung's values (it sees more cheap ones).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from src.train.config import TrainConfig
+from src.tune.space import dependent_values
 
 ETA = 3  # each rung keeps the best third
 RUNGS = 3  # fidelities 1/9, 1/3 and 1 of a full run's cost
@@ -28,15 +32,36 @@ def cost_share(rung: int, rungs: int = RUNGS, eta: int = ETA) -> float:
     return float(eta) ** (rung - (rungs - 1))
 
 
-def fidelity_values(values: dict, base_epochs: int, rung: int, rungs: int = RUNGS, eta: int = ETA) -> dict:
-    """A trial's values at `rung`: epochs and the training-row share each scaled by sqrt(cost); full fidelity
-    (the top rung) leaves them as they are."""
+# Epoch counts that must shrink with a cheap run's epochs (or a short run is mostly warmup, or refused).
+EPOCH_KEYS = ("lr_warmup_epochs", "freeze_epochs", "mixup_off_epoch", "loss_switch_epoch", "patience_epochs",
+              "lr_step_epochs", "plateau_patience_epochs")
+BELOW_EPOCHS = ("freeze_epochs", "mixup_off_epoch", "loss_switch_epoch")  # must stay below epochs when set
+
+
+def fidelity_values(values: dict, base: TrainConfig, rung: int, rungs: int = RUNGS, eta: int = ETA) -> dict:
+    """A trial's values at `rung`: of its full-fidelity config, epochs and the training-row share each scaled by
+    sqrt(cost), and every epoch count with the epochs; full fidelity (the top rung) leaves them as they are."""
     share = cost_share(rung, rungs, eta)
     if share >= 1:
         return dict(values)
     scale = math.sqrt(share)
-    epochs = values.get("epochs", base_epochs)
-    return {**values, "epochs": max(1, round(epochs * scale)), "train_fraction": round(scale, 4)}
+    values = dependent_values(base, values)  # the full-fidelity trial's epoch points, then shrunk with it
+    merged = {**dataclasses.asdict(base), **values}
+    epochs = max(1, round(merged["epochs"] * scale))
+    out = {**values, "epochs": epochs, "train_fraction": round(merged["train_fraction"] * scale, 4)}
+    for key in EPOCH_KEYS:
+        value = merged[key]
+        if not value:
+            continue
+        if isinstance(value, float):
+            out[key] = value * epochs / merged["epochs"]
+        else:
+            scaled = max(1, round(value * epochs / merged["epochs"]))
+            out[key] = min(scaled, epochs - 1) if key in BELOW_EPOCHS else scaled
+    for key in BELOW_EPOCHS:  # a one-epoch run has no room for a switch point
+        if key in out and out[key] < 1:
+            out[key] = 0
+    return out
 
 
 def rung_of(trial: FrozenTrial, rungs: int = RUNGS) -> int:

@@ -63,7 +63,7 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     values = sample(trial, job.space.params, job.base)
     if job.halving:
         rung = rung_of(trial)
-        values = fidelity_values(values, job.base.epochs, rung)
+        values = fidelity_values(values, job.base, rung)
         trial.set_user_attr("fidelity", cost_share(rung))
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
@@ -120,13 +120,13 @@ class Runner:
     def __init__(self, study: optuna.Study, job: TuneJob):
         self.study, self.job, self.ran, self.errors_in_a_row = study, job, 0, 0
 
-    def run(self, attrs: dict | None = None) -> FrozenTrial:
-        """One trial: the next queued one, else a new sample; `attrs` (its rung) are set on a new one."""
+    def run(self) -> FrozenTrial:
+        """One trial: the next queued one (which carries its rung), else a new sample (the cheapest rung). Another
+        process of a joined study may have taken the queued trial this one meant: then it runs what it gets."""
         study, job = self.study, self.job
         trial = study.ask()
-        for key, value in (attrs or {}).items():
-            if key not in trial.user_attrs:  # a queued trial brought its own
-                trial.set_user_attr(key, value)
+        if job.halving and "rung" not in trial.user_attrs:
+            trial.set_user_attr("rung", 0)
         value, state, note = None, TrialState.COMPLETE, ""
         try:
             trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial recover() can tell
@@ -194,29 +194,22 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
         return None
 
     while n_trials is None or runner.ran < n_trials:
-        measure_full()
+        measure_full()  # until a full run completed, full_s is unknown and fits() checks the deadline alone
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting:  # the base config, the space's start points, trials to run again: queued first
-            rung = rung_of(waiting[0])
-            if not planner.fits(rung, then_promote=True) and planner.full_s is not None:
+            if not planner.fits(rung_of(waiting[0]), then_promote=True):
                 break
-            runner.run()
-        elif promoted := due(force=False):
-            runner.run(promote(study, *promoted))
-        elif planner.full_s is None or planner.fits(0, then_promote=True):
-            runner.run({"rung": 0})
-        elif promoted := due(force=True):
-            runner.run(promote(study, *promoted))
-        else:
+        elif promoted := due(force=False) or (not planner.fits(0, then_promote=True) and due(force=True)):
+            promote(study, *promoted)
+        elif not planner.fits(0, then_promote=True):
             break
+        runner.run()
     return runner.ran
 
 
-def promote(study: optuna.Study, rung: int, trial: FrozenTrial) -> dict:
-    """Queue `trial`'s values again at `rung`; the attributes the run it becomes carries."""
-    attrs = {"rung": rung, "promoted_from": trial.number}
-    study.enqueue_trial(trial.params, user_attrs=attrs)
-    return attrs
+def promote(study: optuna.Study, rung: int, trial: FrozenTrial) -> None:
+    """Queue `trial`'s values again at `rung`."""
+    study.enqueue_trial(trial.params, user_attrs={"rung": rung, "promoted_from": trial.number})
 
 
 def holdout_runs_dir(job: TuneJob, best: optuna.trial.FrozenTrial, tag: str) -> Path:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from src.core.config import config_differences, config_from_dict
+from src.core.config import config_differences, config_from_dict, load_config_file
 from src.train import cpu_speed
 from src.train.config import TrainConfig
 from src.train.cpu_speed import Candidate, candidates, choose, probe, resolve_cpu_speed
@@ -51,26 +51,36 @@ def test_probe_leaves_the_random_streams_where_they_were(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_resolution_writes_on_off_into_the_config_and_switches_the_runtime(tmp_path, monkeypatch):
+def test_resolution_switches_the_runtime_and_leaves_the_config_at_auto(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_speed, "native_bf16", lambda: True)
     monkeypatch.setattr(cpu_speed, "measure", lambda cfg, c, n, hw, cands: {c: 100.0 + 50 * c.bf16 for c in cands})
-    rt = setup_runtime(TrainConfig(device="cpu"))
+    cfg = TrainConfig(device="cpu")
+    rt = setup_runtime(cfg)
     assert (rt.amp_dtype, rt.channels_last) == (None, False)  # auto is off until the probe says otherwise
-    cfg, record = resolve_cpu_speed(TrainConfig(device="cpu"), rt, 1, 3, (12, 12), tmp_path)
-    assert (cfg.amp, cfg.channels_last, rt.amp_dtype, rt.channels_last) == ("on", "off", torch.bfloat16, False)
-    assert record["images_per_s"]["bf16 NCHW"] == 150.0
+    record = resolve_cpu_speed(cfg, rt, 1, 3, (12, 12), tmp_path)
+    assert (record["amp"], record["channels_last"], rt.amp_dtype, rt.channels_last) == ("on", "off", torch.bfloat16,
+                                                                                         False)
+    assert record["images_per_s"]["bf16 NCHW"] == 150.0 and cfg.amp == "auto"
+    # A resumed fold's recorded choice is kept, whatever a probe would say now.
+    rt = setup_runtime(cfg)
+    kept = resolve_cpu_speed(cfg, rt, 1, 3, (12, 12), tmp_path, recorded={**record, "channels_last": "on"})
+    assert kept["reused"] and (rt.amp_dtype, rt.channels_last) == (torch.bfloat16, True)
     pinned = TrainConfig(device="cpu", amp="off", channels_last="on")
-    assert resolve_cpu_speed(pinned, setup_runtime(pinned), 1, 3, (12, 12), tmp_path) == (pinned, None)
+    assert resolve_cpu_speed(pinned, setup_runtime(pinned), 1, 3, (12, 12), tmp_path) is None
     cuda = Runtime(torch.device("cuda"), torch.bfloat16, True)  # nothing is probed on a GPU: auto means on
-    assert resolve_cpu_speed(TrainConfig(), cuda, 1, 3, (12, 12), tmp_path) == (TrainConfig(), None)
+    assert resolve_cpu_speed(TrainConfig(), cuda, 1, 3, (12, 12), tmp_path) is None
 
 
-def test_amp_on_trains_bf16_on_a_cpu_and_old_boolean_configs_still_load():
+def test_amp_on_trains_bf16_on_a_cpu_and_old_boolean_configs_still_load(tmp_path):
     assert setup_runtime(TrainConfig(device="cpu", amp="on")).amp_dtype == torch.bfloat16
     old = config_from_dict({"amp": True, "channels_last": False}, TrainConfig)
     assert (old.amp, old.channels_last) == ("auto", "off")
-    assert config_differences({"amp": True, "channels_last": True}, {"amp": "auto", "channels_last": "on"},
-                              TrainConfig) == []
+    assert config_differences({"amp": True, "channels_last": True}, {"amp": "auto", "channels_last": "auto"},
+                              TrainConfig) == []  # an old run and a new one of the same defaults
+    path = tmp_path / "exp.yaml"
+    path.write_text("amp: on\nchannels_last: off\ndeterministic: true\n")  # YAML 1.1 would read on/off as booleans
+    cfg = config_from_dict(load_config_file(path), TrainConfig)
+    assert (cfg.amp, cfg.channels_last, cfg.deterministic) == ("on", "off", True)
 
 
 @pytest.mark.slow
@@ -78,8 +88,9 @@ def test_train_records_the_probe_and_a_bf16_run_refuses_to_resume_as_fp32(demo):
     runs = demo["root"] / "cpu_speed"
     assert train(demo, "auto", "--fold", "0", runs=runs).returncode == 0
     saved = json.loads((runs / "auto" / "fold0" / "config.json").read_text())
-    assert saved["config"]["amp"] in ("on", "off") and saved["config"]["channels_last"] in ("on", "off")
-    assert saved["cpu_speed"]["amp"] == saved["config"]["amp"]
+    assert saved["config"]["amp"] == "auto" and saved["cpu_speed"]["amp"] in ("on", "off")
+    assert cpu_speed.native_bf16() or saved["cpu_speed"]["amp"] == "off"  # emulated bf16 is never picked
+    assert saved["runtime"]["channels_last"] == (saved["cpu_speed"]["channels_last"] == "on")
     proc = train(demo, "bf16", "--fold", "0", "--amp", "on", "--channels-last", "off", "--epochs", "3", runs=runs)
     assert proc.returncode == 0 and "cpu speed" not in proc.stdout  # pinned: nothing to probe
     saved = json.loads((runs / "bf16" / "fold0" / "config.json").read_text())

@@ -2,6 +2,7 @@
 fidelity, the pick among full-fidelity runs only, the budget planner and the reports."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from src.train.config import TrainConfig
 from src.tune import trials
 from src.tune.fidelity import Planner, fidelity_values, rung_of
 from src.tune.report import best_trial, trials_frame, write_reports
-from src.tune.space import parse_space
+from src.tune.space import parse_space, trial_config
 from src.tune.study import TuneJob, open_study
 from src.tune.trials import run_trials
 
@@ -25,11 +26,22 @@ def halving_job(tmp_path, halving: bool = True) -> TuneJob:
     return TuneJob("t", cfg, space, [0], tmp_path / "tune", halving=halving)
 
 
-def test_cheaper_rungs_shorten_epochs_and_rows_alike_and_full_fidelity_is_untouched():
-    assert fidelity_values({"lr": 1e-3}, 30, 0) == {"lr": 1e-3, "epochs": 10, "train_fraction": 0.3333}
-    assert fidelity_values({"epochs": 20}, 30, 1) == {"epochs": 12, "train_fraction": 0.5774}
-    assert fidelity_values({"lr": 1e-3}, 30, 2) == {"lr": 1e-3}
-    assert fidelity_values({}, 1, 0)["epochs"] == 1
+def test_cheaper_rungs_shorten_epochs_rows_and_every_epoch_count_alike_and_full_fidelity_is_untouched():
+    base = TrainConfig(epochs=30, lr_warmup_epochs=3.0, mixup_alpha=0.2, mixup_off_epoch=24)
+    schedule = {"lr_step_epochs": 2, "plateau_patience_epochs": 1}  # 5 and 2 of 30 epochs
+    assert fidelity_values({"lr": 1e-3}, base, 0) == {"lr": 1e-3, "epochs": 10, "train_fraction": 0.3333,
+                                                      "lr_warmup_epochs": 1.0, "mixup_off_epoch": 8, **schedule}
+    # A searched 20 epochs: its full run stops mixup at 16 (dependent_values), the cheap one at 16 * 12 / 20.
+    assert fidelity_values({"epochs": 20}, base, 1) == {"epochs": 12, "train_fraction": 0.5774, "lr_warmup_epochs": 1.8,
+                                                        "mixup_off_epoch": 10, "lr_step_epochs": 3,
+                                                        "plateau_patience_epochs": 1}
+    assert fidelity_values({"lr": 1e-3}, base, 2) == {"lr": 1e-3}
+    half = dataclasses.replace(base, train_fraction=0.5)  # a base that subsamples: cheap rungs take a share of it
+    assert fidelity_values({}, half, 1)["train_fraction"] == pytest.approx(0.2887, abs=1e-4)
+    tiny = fidelity_values({}, dataclasses.replace(base, epochs=2, mixup_off_epoch=1), 0)
+    assert tiny["epochs"] == 1 and tiny["mixup_off_epoch"] == 0  # no room left for a switch point
+    for rung in (0, 1):  # every cheap config still validates
+        trial_config(base, fidelity_values({}, base, rung))
 
 
 def test_halving_runs_the_base_config_in_full_first_promotes_the_best_and_never_picks_a_cheap_run(tmp_path,
