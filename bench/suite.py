@@ -97,9 +97,10 @@ def ensure_built(name: str, folder: Path) -> None:
 
 
 def run_set(args, name: str, folder: Path, work: Path) -> pd.DataFrame:
-    """kit_vs_notebook.py on one set; its per-seed rows (arm, seed, wall_s, holdout_accuracy, ...)."""
+    """kit_vs_notebook.py on one set; its per-seed rows (arm, seed, wall_s, holdout_accuracy, ...). With --out its
+    own table (per seed: holdout, final-epoch and best.pt OOF, times) is kept beside it as <out>_<set>.md/.csv."""
     _, _, kit, notebook, _ = SETS[name]
-    out = work / f"{name}.md"
+    out = Path(args.out).with_name(f"{Path(args.out).stem}_{name}.md") if args.out else work / f"{name}.md"
     cmd = [sys.executable, "bench/kit_vs_notebook.py", "--data-dir", str(folder.resolve()), "--seeds", args.seeds,
            "--n-folds", str(args.n_folds), "--holdout", str(args.holdout), "--out", str(out),
            f"--kit-args={' '.join(kit + ([args.kit_args] if args.kit_args else []))}",
@@ -128,6 +129,15 @@ def set_row(name: str, runs: pd.DataFrame) -> dict:
 def with_mean(table: pd.DataFrame) -> pd.DataFrame:
     mean = {"set": "mean over sets", **{c: table[c].mean() for c in ("notebook", "kit", "gain pp", "time ratio")}}
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts and seconds as whole numbers, gains to 0.1 pp, ratios to 0.01 (the CSV keeps every digit)."""
+    shown = table.copy()
+    for column, fmt in (("holdout rows", "{:.0f}"), ("seeds", "{:.0f}"), ("notebook s", "{:.0f}"), ("kit s", "{:.0f}"),
+                        ("gain pp", "{:+.1f}"), ("seed spread pp", "{:.1f}"), ("time ratio", "{:.2f}")):
+        shown[column] = shown[column].map(lambda v, f=fmt: "" if pd.isna(v) else f.format(v))
+    return shown
 
 
 def judged(table: pd.DataFrame, before: pd.DataFrame) -> str:
@@ -174,7 +184,7 @@ def main() -> None:
             f"Holdout accuracy (a {args.holdout:g} holdout per seed, {args.n_folds} folds; kit: the fold ensemble "
             f"with TTA as infer.py submits; notebook: its fold models' mean), seeds {args.seeds}"
             f"{'; --quick: not a measurement' if args.quick else ''}. Machine: {cpu_name()} ({platform.machine()}); "
-            f"the whole sitting {time.perf_counter() - start:.0f} s.\n\n{markdown_table(table, digits=4)}\n\n"
+            f"the whole sitting {time.perf_counter() - start:.0f} s.\n\n{markdown_table(readable(table), digits=4)}\n\n"
             f"The kit wins on {wins} of {len(rows)} sets; mean gain {table['gain pp'].iloc[-1]:+.2f} pp at "
             f"{table['time ratio'].iloc[-1]:.2f}x the notebook's wall time.\n")
     if args.against:

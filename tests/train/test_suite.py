@@ -18,6 +18,8 @@ def test_suite_quick_mode_scores_each_set_and_judges_against_an_earlier_run(demo
     assert list(table["set"]) == ["demo", "hymenoptera", "mean over sets"]
     assert table[["notebook", "kit", "gain pp", "time ratio"]].notna().all().all()
     assert table["gain pp"].iloc[-1] == pytest.approx(table["gain pp"].iloc[:-1].mean())
+    assert (tmp_path / "suite_hymenoptera.md").is_file()  # each set's own per-seed table is kept
+    assert set(pd.read_csv(tmp_path / "suite_demo.csv")["arm"]) == {"kit", "notebook"}
     text = out.read_text()
     assert "not a measurement" in text and "Machine:" in text and "mean gain" in text
     judged = run_script("bench/suite.py", "--quick", "--seeds", "1", *sets[2:], "--sets", "hymenoptera",
