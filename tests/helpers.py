@@ -21,7 +21,9 @@ import pandas as pd
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet"]
+# Precision and memory format pinned: the CPU probe (seconds per fresh cache) has its own tests (test_cpu_speed.py).
+TINY = ["--epochs", "2", "--batch-size", "32", "--lr-warmup-epochs", "0.5", "--quiet", "--amp", "off",
+        "--channels-last", "off"]
 
 
 def make_competition(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size_px: int = 12,

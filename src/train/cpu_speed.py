@@ -137,7 +137,11 @@ def probe(cfg: TrainConfig, in_chans: int, num_classes: int, size_hw: tuple[int,
     speeds = {c: entry["images_per_s"][c.name] for c in cands if c.name in entry.get("images_per_s", {})}
     cached = len(speeds) == len(cands)
     if not cached:
-        speeds = measure(cfg, in_chans, num_classes, size_hw, cands)
+        try:
+            speeds = measure(cfg, in_chans, num_classes, size_hw, cands)
+        except (RuntimeError, AssertionError, ValueError, TypeError):
+            # The model cannot train on this input at all: nothing to choose; the fold trainer's own check says why.
+            return {**as_settings(cands[0]), "images_per_s": {}, "cached": False}
         # Timings already kept stay as they are: a later run with more candidates must not move the baseline.
         probes[key] = {"images_per_s": {**{c.name: round(s, 1) for c, s in speeds.items()},
                                         **entry.get("images_per_s", {})}}

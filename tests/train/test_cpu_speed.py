@@ -86,7 +86,7 @@ def test_amp_on_trains_bf16_on_a_cpu_and_old_boolean_configs_still_load(tmp_path
 @pytest.mark.slow
 def test_train_records_the_probe_and_a_bf16_run_refuses_to_resume_as_fp32(demo):
     runs = demo["root"] / "cpu_speed"
-    assert train(demo, "auto", "--fold", "0", runs=runs).returncode == 0
+    assert train(demo, "auto", "--fold", "0", "--amp", "auto", "--channels-last", "auto", runs=runs).returncode == 0
     saved = json.loads((runs / "auto" / "fold0" / "config.json").read_text())
     assert saved["config"]["amp"] == "auto" and saved["cpu_speed"]["amp"] in ("on", "off")
     assert cpu_speed.native_bf16() or saved["cpu_speed"]["amp"] == "off"  # emulated bf16 is never picked

@@ -17,6 +17,7 @@ def tune(demo, tmp_path, *extra):
     return run_script("tune.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
                       "--runs-dir", str(tmp_path / "runs"), "--tuned-dir", str(tmp_path / "tuned"), "--name", "t",
                       "--epochs", "1", "--model", "smallcnn", "--batch-size", "32", "--no-tensorboard", "--quiet",
+                      "--amp", "off", "--channels-last", "off",
                       *extra)
 
 
@@ -30,7 +31,7 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
     assert trials.loc[0, "lr"] == TrainConfig.lr  # trial 0 is the base config
     assert "tuning on fold(s) 0,2, so the best value is optimistic" in proc.stdout
     header = proc.stdout.splitlines()[0]  # what every trial shares, not only the searched keys a flag removed
-    assert "set by flags: batch_size=32, epochs=1," in header and "model=smallcnn" in header
+    assert "set by flags: amp=off, batch_size=32, channels_last=off, epochs=1," in header and "model=smallcnn" in header
     assert "held-out fold(s) 1: accuracy" in proc.stdout
     for name in ("trials.md", "history.png", "summary.md"):
         assert (study_dir / name).is_file(), name
