@@ -20,6 +20,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 
 
+def resolve_flips(flips: str, in_chans: int) -> str:
+    """The `flips` key with `auto` settled by the images: left-right for colour (photos are almost never changed by a
+    mirror), none for grey (digits and text are)."""
+    if flips != "auto":
+        return flips
+    return "h" if in_chans >= 3 else "none"
+
+
 def trained_flips(augment: str, flips: str) -> str:
     """The flips a model saw in training (for test-time views): the `flips` key, plus left-right under the photo
     preset, which always mirrors."""

@@ -18,7 +18,7 @@ from src.core.config import config_differences, config_from_dict
 from src.core.errors import UserError
 from src.core.metrics import eer_point
 from src.core.rundir import fold_finished, load_checkpoint, read_oof
-from src.data.augment import trained_flips
+from src.data.augment import resolve_flips, trained_flips
 from src.data.cache import cached_images, default_cache_dir
 from src.data.folds import locate_fold_file
 from src.data.images import ImageSpec, decode_all, to_array
@@ -143,7 +143,7 @@ class Predictor:
             folds.append(FoldModel(k, model, norm, state["epoch"]))
         folds_csv = str(locate_fold_file(info["folds_csv"], first["fingerprint"].get("folds_csv_sha256")))
         predictor = cls(exp_dir, cfg, first["classes"], spec, folds_csv, first["fingerprint"], folds, rt,
-                        parse_views(tta, trained_flips(cfg.augment, cfg.flips)))
+                        parse_views(tta, trained_flips(cfg.augment, resolve_flips(cfg.flips, spec.in_chans))))
         predictor.threshold = predictor.resolve_threshold(threshold)
         return predictor
 

@@ -10,7 +10,7 @@ from src.train.hub import is_hub
 
 CHOICES = {
     "augment": ("none", "light", "heavy", "photo"),
-    "flips": ("none", "h", "v", "hv"),
+    "flips": ("none", "h", "v", "hv", "auto"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
     "normalize": ("auto", "data", "pretrained"),
     "optimizer": ("adamw", "sgd"),
@@ -81,7 +81,8 @@ HELP = {
                     "typical); with mixup too, each batch uses one of the two; 0 = off",
     "mixup_off_epoch": "epoch (0-based) from which mixup/cutmix stop, so the last epochs train on clean images; "
                        "0 = never stop",
-    "flips": "random flips added to the pipeline (off by default: they break digits and text)",
+    "flips": "random flips added to the pipeline: h (left-right), v, hv, none, or auto = h for colour images and "
+             "none for grey ones (mirrors break digits and text)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per optimiser step (under torchrun: over all processes, split evenly)",
     "optimizer": "optimiser",

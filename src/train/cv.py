@@ -19,6 +19,7 @@ from src.core.interrupts import raise_interrupt
 from src.core.metrics import metric_names, monitor_direction
 from src.core.repro import REPO, derived_seed, git_commit, package_versions
 from src.core.rundir import OOF_BEST, exp_dir, fold_dir, oof_arrays, read_oof, write_json
+from src.data.augment import resolve_flips
 from src.data.cache import cached_images, default_cache_dir
 from src.data.contract import LabelTable, data_fingerprint, read_train_table
 from src.data.extra_rows import (
@@ -192,9 +193,13 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
                               recorded_speed(cfg, [k for k in folds if actions[k] == "resume"]))
     if speed:
         print(describe(speed))
+    flips_used = resolve_flips(cfg.flips, spec.in_chans) if cfg.flips == "auto" else ""
+    if flips_used:
+        print(f"flips auto: {flips_used} ({'colour' if spec.in_chans >= 3 else 'grey'} images)")
     record = {"n_folds": n_folds, "folds_csv": str(folds_path), "git_commit": git_commit(REPO),
               "packages": package_versions(), "world_size": rt.dist.world_size,
-              **({"pretrained_weights": hub.repo_id} if hub else {}), **({"cpu_speed": speed} if speed else {})}
+              **({"pretrained_weights": hub.repo_id} if hub else {}), **({"cpu_speed": speed} if speed else {}),
+              **({"flips_used": flips_used} if flips_used else {})}
     results = []
     for k in folds:
         trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats)  # builds and tries the model

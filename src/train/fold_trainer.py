@@ -18,7 +18,7 @@ from src.core.errors import UserError
 from src.core.metrics import compute_metrics, monitor_direction
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
-from src.data.augment import build_batch_augment, build_transforms
+from src.data.augment import build_batch_augment, build_transforms, resolve_flips
 from src.data.contract import changed_data, changed_data_text
 from src.data.images import ImageSpec
 from src.data.rows import RowView
@@ -127,13 +127,14 @@ class FoldTrainer:
         self.losses = {name: build_loss(name, cfg, weight) for name in {cfg.loss, cfg.loss2} if name}
         targets = data.train_labels if data.train_targets is None else data.train_targets
         size_hw = (info.spec.height_px, info.spec.width_px)
-        self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, cfg.flips, size_hw))
+        flips = resolve_flips(cfg.flips, info.spec.in_chans)
+        self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, flips, size_hw))
         self.mixup = None
         if cfg.mixes:
             # Smoothing stays with the loss (label_smoothing), which takes the soft targets as they are.
             self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=0.0,
                                num_classes=num_classes)
-        self.batch_augment = build_batch_augment(cfg.augment, cfg.flips)
+        self.batch_augment = build_batch_augment(cfg.augment, flips)
         self.norm = norm_tensors(info.mean, info.std, rt, info.input_size_px)
         self.check_forward()
         # What trains: the model itself, or its DistributedDataParallel wrapper (same weights) under torchrun.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.augment import BatchAffine, build_batch_augment, build_transforms
+from src.data.augment import BatchAffine, build_batch_augment, build_transforms, resolve_flips
 
 
 @pytest.fixture
@@ -77,3 +77,9 @@ def test_rotation_is_a_rotation_in_pixels_on_non_square_images():
 def test_vertical_flip_mirrors_rows(batch):
     out = BatchAffine(0.0, (1.0, 1.0), 0.0, "v")(batch.repeat(8, 1, 1, 1), torch.Generator().manual_seed(0))
     assert any(torch.allclose(o, batch[i % 3].flip(-2), atol=1e-4) for i, o in enumerate(out))
+
+
+@pytest.mark.parametrize("flips, in_chans, used", [("auto", 3, "h"), ("auto", 1, "none"), ("v", 3, "v"),
+                                                    ("none", 3, "none"), ("hv", 1, "hv")])
+def test_auto_flips_mirror_colour_images_only_and_explicit_flips_stay(flips, in_chans, used):
+    assert resolve_flips(flips, in_chans) == used
