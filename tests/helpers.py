@@ -123,21 +123,31 @@ def log_metrics(run_dir):
 def kill_after_epoch(cmd: list[str], last, epoch: int) -> tuple[int, str]:
     """Start training, SIGTERM it once last.pt holds `epoch` finished epochs; (exit code, stderr).
 
-    The run has faulthandler on: one that does not end within 60 s of the signal is aborted, and the failure
-    shows where every thread was stuck (and whether the epoch was reached before the signal)."""
+    The run is stepped: its process group (torchrun's workers too) is frozen with SIGSTOP while last.pt is read and
+    runs only between looks (~20 ms). A poller that read last.pt beside a running job could fall behind on a loaded
+    machine and signal a run that had already finished its last epoch. The run has faulthandler on: one that does
+    not end within 60 s of the signal is aborted, and the failure shows where every thread was stuck (and whether
+    the epoch was reached before the signal)."""
     import torch
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # torchrun's workers too
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
     started = time.time()
     reached = False
-    while time.time() < started + 120 and proc.poll() is None and not reached:
-        try:
-            reached = last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch
-        except (RuntimeError, EOFError, OSError):  # replaced while we read it: look again
-            pass
-        time.sleep(0.02)
+    try:
+        while time.time() < started + 120 and proc.poll() is None and not reached:
+            time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(0.005)  # SIGSTOP is asynchronous: let every process of the group stop
+            with contextlib.suppress(RuntimeError, EOFError, OSError):  # caught mid-rename: look again
+                reached = last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch
+            if reached:
+                proc.send_signal(signal.SIGTERM)  # delivered the moment the group runs again
+            os.killpg(proc.pid, signal.SIGCONT)
+    except ProcessLookupError:  # the run ended between two looks
+        pass
     sent = time.time() - started
-    proc.send_signal(signal.SIGTERM)
+    if not reached:
+        proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
