@@ -142,9 +142,9 @@ def probe(cfg: TrainConfig, in_chans: int, num_classes: int, size_hw: tuple[int,
         except (RuntimeError, AssertionError, ValueError, TypeError):
             # The model cannot train on this input at all: nothing to choose; the fold trainer's own check says why.
             return {**as_settings(cands[0]), "images_per_s": {}, "cached": False}
-        # Timings already kept stay as they are: a later run with more candidates must not move the baseline.
-        probes[key] = {"images_per_s": {**{c.name: round(s, 1) for c, s in speeds.items()},
-                                        **entry.get("images_per_s", {})}}
+        # The entry becomes this sitting's timings alone: timings from different sittings are not compared, so
+        # a later run reading the cache chooses from the numbers this run chose from.
+        probes[key] = {"images_per_s": {c.name: round(s, 1) for c, s in speeds.items()}}
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             write_text(path, json.dumps(probes, indent=1) + "\n")

@@ -49,9 +49,7 @@ def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = cfg.deterministic
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    # pretrain.py's and gen_synthetic.py's configs keep booleans (True = CUDA AMP / NHWC), train.py's say
-    # auto/on/off; on a CPU `auto` means off until train.py's probe (src/train/cpu_speed.py) settles it.
-    settings = TrainConfig.upgrade({"amp": cfg.amp, "channels_last": cfg.channels_last})
+    settings = runtime_settings(cfg.amp, cfg.channels_last)
     amp_dtype = None
     if use_cuda and settings["amp"] != "off":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -59,6 +57,14 @@ def setup_runtime(cfg: TrainConfig, distributed: bool = False) -> Runtime:
         amp_dtype = torch.bfloat16
     channels_last = settings["channels_last"] == "on" or (use_cuda and settings["channels_last"] == "auto")
     return Runtime(device, amp_dtype, channels_last, info)
+
+
+def runtime_settings(amp: bool | str, channels_last: bool | str) -> dict:
+    """amp and channels_last as auto/on/off. train.py's config says so already (on a CPU `auto` means off until its
+    probe, src/train/cpu_speed.py, settles it); pretrain.py's and gen_synthetic.py's keep booleans, which mean
+    what they always did: amp True = AMP on CUDA only, channels_last True = NHWC on every device."""
+    return {"amp": {True: "auto", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp,
+            "channels_last": ("on" if channels_last else "off") if isinstance(channels_last, bool) else channels_last}
 
 
 def runtime_kind(rt: Runtime) -> dict:

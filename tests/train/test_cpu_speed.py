@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from src.core.config import config_differences, config_from_dict, load_config_file
+from src.pretrain.config import PretrainConfig
 from src.train import cpu_speed
 from src.train.config import TrainConfig
 from src.train.cpu_speed import Candidate, candidates, choose, probe, resolve_cpu_speed
@@ -39,8 +40,15 @@ def test_probe_measures_once_then_reads_its_cache_and_survives_a_damaged_file(tm
     assert second["channels_last"] == first["channels_last"]
     probe(cfg, 1, 3, (16, 16), tmp_path)  # another input size is another entry
     assert calls == [1, 1] and len(json.loads((tmp_path / cpu_speed.PROBE_FILE).read_text())) == 2
+    monkeypatch.setattr(cpu_speed, "native_bf16", lambda: True)  # more candidates: all measured in one sitting
+    monkeypatch.setattr(cpu_speed, "measure", lambda cfg, c, n, hw, cands: calls.append(1) or {
+        cand: 100.0 + 50 * i for i, cand in enumerate(cands)})
+    wider = probe(cfg, 1, 3, (12, 12), tmp_path)
+    assert calls == [1, 1, 1] and not wider["cached"] and (wider["amp"], wider["channels_last"]) == ("on", "on")
+    again = probe(cfg, 1, 3, (12, 12), tmp_path)  # the cache now holds what that choice was made from
+    assert calls == [1, 1, 1] and again["cached"] and again["images_per_s"] == wider["images_per_s"]
     (tmp_path / cpu_speed.PROBE_FILE).write_text("{not json")
-    assert not probe(cfg, 1, 3, (12, 12), tmp_path)["cached"] and calls == [1, 1, 1]
+    assert not probe(cfg, 1, 3, (12, 12), tmp_path)["cached"] and calls == [1, 1, 1, 1]
 
 
 def test_probe_leaves_the_random_streams_where_they_were(tmp_path):
@@ -98,3 +106,11 @@ def test_train_records_the_probe_and_a_bf16_run_refuses_to_resume_as_fp32(demo):
     proc = train(demo, "bf16", "--fold", "0", "--amp", "off", "--channels-last", "off", "--epochs", "3", "--resume",
                  runs=runs)
     assert proc.returncode == 2 and "amp" in proc.stderr
+
+
+def test_pretrain_and_generator_booleans_keep_their_meaning_on_a_cpu():
+    # Their configs have no probe: channels_last True is NHWC on every device, amp True is AMP on CUDA only.
+    pretrain = PretrainConfig(device="cpu", channels_last=True, amp=True)
+    rt = setup_runtime(pretrain)
+    assert rt.channels_last and rt.amp_dtype is None
+    assert not setup_runtime(PretrainConfig(device="cpu", channels_last=False)).channels_last
