@@ -34,9 +34,10 @@ def main() -> None:
                                                                "short by an interrupt, a kill or the budget run again")
     parser.add_argument("--report", action="store_true", help="write an existing study's reports and tuned config; "
                                                                "no trial runs")
-    parser.add_argument("--fidelity", default="halving", choices=["halving", "full"],
-                        help="halving: configs start as cheap runs (fewer epochs and training rows) and the best are "
-                             "promoted to full fidelity, the base config always run in full; full: every trial in full")
+    parser.add_argument("--fidelity", default="", choices=["halving", "full"],
+                        help="halving (a new study's default): configs start as cheap runs (fewer epochs and training "
+                             "rows), the best are promoted to full fidelity, the base config always runs in full; "
+                             "full: every trial in full (default with --resume/--report: the study's own)")
     parser.add_argument("--pruner", default="auto", choices=["auto", "median", "hyperband", "none"],
                         help="stops unpromising full-fidelity trials between epochs (auto: median with --fidelity "
                              "full, none with halving, which does that job)")

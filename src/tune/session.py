@@ -24,13 +24,16 @@ def run_study(args, start: float) -> None:
     check_space(space, base)  # every searched value is checked before any trial runs
     folds, holdout, val_rows = tuning.check_folds(base, args.folds, args.holdout_folds)
     name = tuning.check_name(args.name or f"{Path(base.data_dir).name}-{Path(args.space).stem}")
-    job = tuning.TuneJob(name, base, space, folds, Path(base.runs_dir) / "tune" / name, args.quiet, deadline,
-                         val_rows, halving=args.fidelity == "halving")
+    tune_dir = Path(base.runs_dir) / "tune" / name
+    storage = args.storage or tuning.default_storage(tune_dir)
+    # Unset: a resumed or reported study keeps the schedule it was made with; a new one halves.
+    fidelity = args.fidelity or tuning.stored_schedule(storage, name) or "halving"
+    job = tuning.TuneJob(name, base, space, folds, tune_dir, args.quiet, deadline, val_rows,
+                         halving=fidelity == "halving")
     if job.halving and args.pruner not in ("auto", "none"):
         raise UserError(f"--pruner {args.pruner}: --fidelity halving already stops weak configs early; use it with "
                         f"--fidelity full")
     pruner = "none" if job.halving else "median" if args.pruner == "auto" else args.pruner
-    storage = args.storage or tuning.default_storage(job.tune_dir)
     study = tuning.open_study(job, storage, args.resume or args.report, pruner, must_exist=args.report)
     flags = sorted(f"{k}={v}" for k, v in vars(args).items() if k in FIELD_TYPES and k != "data_dir")  # given ones
     print(f"study {name} ({storage}): searching {', '.join(space.params)}; set by flags: {', '.join(flags) or '-'}"

@@ -88,6 +88,19 @@ def default_storage(tune_dir: Path) -> str:
     return f"sqlite:///{tune_dir / 'study.db'}"
 
 
+def stored_schedule(storage: str, name: str) -> str:
+    """The fidelity schedule an existing study was made with ('' when there is no such study): studies from before
+    fidelities ran every trial in full."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if name not in optuna.get_all_study_names(storage):
+            return ""
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+    except (ImportError, ValueError, SQLAlchemyError) as err:
+        raise UserError(f"--storage {storage}: cannot open it ({str(err).splitlines()[0]})") from None
+    return attrs.get("fidelity", {"schedule": "full"})["schedule"] if attrs else ""
+
+
 def max_steps(job: TuneJob) -> int:
     """Pruning steps in a trial: PROGRESS_STEPS per tuned fold."""
     return PROGRESS_STEPS * len(job.folds)
@@ -189,7 +202,7 @@ def check_record(study: optuna.Study, record: dict, storage: str) -> None:
                         f"with new ones, so start a new study (another --name)")
     changed = [key for key in ("space", "folds") if saved.get(key) != record[key]]
     if saved.get("fidelity", {"schedule": "full"}) != record["fidelity"]:  # studies before fidelities: full
-        changed.append("--fidelity")
+        changed.append(f"--fidelity (it has {saved.get('fidelity', {'schedule': 'full'})['schedule']})")
     changed += config_differences(saved.get("base_config", {}), record["base_config"], TrainConfig)
     if changed:
         raise UserError(f"study {study.study_name!r} in {storage} was made with another {', '.join(changed)}; resume "

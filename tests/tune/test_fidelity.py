@@ -14,7 +14,7 @@ from src.tune import trials
 from src.tune.fidelity import Planner, fidelity_values, rung_of
 from src.tune.report import best_trial, trials_frame, write_reports
 from src.tune.space import parse_space, trial_config
-from src.tune.study import TuneJob, open_study
+from src.tune.study import TuneJob, open_study, stored_schedule
 from src.tune.trials import run_trials
 
 from helpers import run_script
@@ -103,8 +103,16 @@ def test_near_the_deadline_the_best_cheap_run_is_forced_up_instead_of_new_ones(t
 def test_a_study_cannot_be_resumed_under_another_fidelity_schedule(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     open_study(halving_job(tmp_path, halving=False), storage, resume=False, pruner="median")
-    with pytest.raises(UserError, match="--fidelity"):
+    with pytest.raises(UserError, match=r"--fidelity \(it has full\)"):
         open_study(halving_job(tmp_path), storage, resume=True, pruner="none")
+
+
+def test_without_fidelity_a_resumed_study_keeps_its_own_schedule_and_a_new_one_halves(tmp_path):
+    assert stored_schedule(f"sqlite:///{tmp_path / 'none.db'}", "t") == ""  # no study yet: tune.py then halves
+    for halving, schedule in ((False, "full"), (True, "halving")):
+        storage = f"sqlite:///{tmp_path / f'{schedule}.db'}"
+        open_study(halving_job(tmp_path, halving=halving), storage, resume=False, pruner="none")
+        assert stored_schedule(storage, "t") == schedule
 
 
 def test_the_full_schedule_keeps_every_trial_at_full_fidelity(tmp_path, monkeypatch):
