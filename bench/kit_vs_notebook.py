@@ -48,6 +48,10 @@ def parse_args():
     parser.add_argument("--folds-csv", default="", help="one fold file with a holdout for every seed (default: "
                                                         "make_folds.py --holdout H --seed S per seed)")
     parser.add_argument("--holdout", type=float, default=0.2, help="holdout share of the fold files made per seed")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="make ONE fold file, with this seed, for every seed: the holdout and folds stay put and "
+                             "the seeds vary training only, so a recipe chosen on that file's CV rows can be judged "
+                             "on its holdout (default: a fold file per seed)")
     parser.add_argument("--n-folds", type=int, default=5, help="folds of the fold files made per seed")
     parser.add_argument("--kit-config", default="", help="train.py --config FILE for the kit's arm")
     parser.add_argument("--kit-args", default="", help="more train.py flags, one quoted string")
@@ -83,7 +87,10 @@ def fold_file(args, seed: int, work: Path) -> Path:
         if "holdout" not in set(pd.read_csv(path, dtype=str)["fold"]):
             raise UserError(f"{path}: no holdout rows; both arms are scored there (make_folds.py --holdout 0.2)")
         return path
+    seed = seed if args.split_seed is None else args.split_seed
     path = work / f"folds_s{seed}.csv"
+    if path.is_file():  # --split-seed: made for the first seed already
+        return path
     run([sys.executable, "make_folds.py", *data_flags(args), "--seed", str(seed), "--holdout", str(args.holdout),
          "--n-folds", str(2 if args.quick else args.n_folds), "--out", str(path), "--quiet"]
         + (["--cache-dir", args.cache_dir] if args.cache_dir else []))
@@ -201,7 +208,9 @@ def main() -> None:
                       f"{seconds:.0f} s", flush=True)
     runs = pd.DataFrame(rows)
     holdout = f"the fold file's holdout ({args.folds_csv})" if args.folds_csv else \
-        f"a {args.holdout:g} holdout per seed (make_folds.py --seed S --holdout {args.holdout:g})"
+        f"a {args.holdout:g} holdout per seed (make_folds.py --seed S --holdout {args.holdout:g})" \
+        if args.split_seed is None else \
+        f"one {args.holdout:g} holdout for every seed (make_folds.py --seed {args.split_seed} --holdout {args.holdout:g})"
     text = (f"# Kit vs notebook: {Path(args.data_dir).resolve().name}\n\n"
             f"kit: `train.py {'--config ' + args.kit_config if args.kit_config else ''} {args.kit_args}` + "
             f"`infer.py{'' if args.test else ' --holdout-only'} --tta {args.tta}`; notebook: `bench/notebook_baseline.py {args.notebook_args}`; "

@@ -55,6 +55,9 @@ def parse_args():
     parser.add_argument("--seeds", default="42,43", help="comma list; each seed runs both arms on every set")
     parser.add_argument("--n-folds", type=int, default=5, help="folds of each seed's fold file")
     parser.add_argument("--holdout", type=float, default=0.2, help="holdout share of each seed's fold file")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="one fold file per set made with this seed, shared by every seed (which then varies "
+                             "training only): choose on its CV rows, judge on its holdout (default: one per seed)")
     parser.add_argument("--kit-config", default="", help="train.py --config FILE for the kit's arm on every set")
     parser.add_argument("--kit-args", default="", help="more train.py flags on every set, one quoted string")
     parser.add_argument("--against", default="", help="an earlier suite .csv to judge this candidate against")
@@ -105,6 +108,7 @@ def run_set(args, name: str, folder: Path, work: Path) -> pd.DataFrame:
            "--n-folds", str(args.n_folds), "--holdout", str(args.holdout), "--out", str(out),
            f"--kit-args={' '.join(kit + ([args.kit_args] if args.kit_args else []))}",
            f"--notebook-args={' '.join(notebook)}", "--cache-dir", str(work / "cache")]
+    cmd += [] if args.split_seed is None else ["--split-seed", str(args.split_seed)]
     cmd += (["--kit-config", str(Path(args.kit_config).resolve())] if args.kit_config else [])
     cmd += ["--quick"] if args.quick else []
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -124,6 +128,12 @@ def set_row(name: str, runs: pd.DataFrame) -> dict:
             "gain pp": gains.mean(), "gain per seed": " / ".join(f"{g:+.1f}" for g in gains),
             "seed spread pp": spread, "time ratio": kit["wall_s"].mean() / nb["wall_s"].mean(),
             "notebook s": nb["wall_s"].mean(), "kit s": kit["wall_s"].mean()}
+
+
+def split_text(args) -> str:
+    if args.split_seed is None:
+        return f"a {args.holdout:g} holdout per seed"
+    return f"one {args.holdout:g} holdout per set for every seed, made with seed {args.split_seed}"
 
 
 def with_mean(table: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +191,7 @@ def main() -> None:
     kit = f"train.py {'--config ' + args.kit_config if args.kit_config else '(defaults)'} {args.kit_args}".strip()
     wins = int((table["gain pp"].iloc[:-1] > 0).sum())
     text = (f"# Dev suite: {kit} vs bench/notebook_baseline.py\n\n"
-            f"Holdout accuracy (a {args.holdout:g} holdout per seed, {args.n_folds} folds; kit: the fold ensemble "
+            f"Holdout accuracy ({split_text(args)}, {args.n_folds} folds; kit: the fold ensemble "
             f"with TTA as infer.py submits; notebook: its fold models' mean), seeds {args.seeds}"
             f"{'; --quick: not a measurement' if args.quick else ''}. Machine: {cpu_name()} ({platform.machine()}); "
             f"the whole sitting {time.perf_counter() - start:.0f} s.\n\n{markdown_table(readable(table), digits=4)}\n\n"

@@ -117,3 +117,21 @@ def test_the_notebook_reads_other_column_names(tmp_path):
     assert run_script("make_folds.py", *flags, "--out", str(folds), "--quiet").returncode == 0
     proc = run_script("bench/notebook_baseline.py", "--quick", *flags, "--folds-csv", str(folds))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_split_seed_makes_one_fold_file_that_every_seed_shares(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from helpers import REPO
+    spec = importlib.util.spec_from_file_location("kit_vs_notebook", REPO / "bench" / "kit_vs_notebook.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = make_competition(tmp_path / "comp", classes=("a", "b"), per_class=15, size_px=16)
+    args = SimpleNamespace(folds_csv="", split_seed=7, holdout=0.2, n_folds=2, quick=False, data_dir=str(data),
+                           train_csv="train.csv", image_dir="train", id_col="image", label_col="label",
+                           cache_dir=str(tmp_path / "cache"))
+    shared = bench.fold_file(args, 1, tmp_path)
+    assert bench.fold_file(args, 2, tmp_path) == shared and shared.name == "folds_s7.csv"
+    args.split_seed = None  # the default: a fold file per seed, each its own holdout
+    assert bench.fold_file(args, 1, tmp_path).name == "folds_s1.csv"
