@@ -109,8 +109,8 @@ def trivial_augment_ops(border: dict) -> list:
 
 
 def build_transforms(name: str, flips: str = "none", size_hw: tuple[int, int] | None = None) -> A.Compose | None:
-    """The per-image albumentations pipeline run in the loader: `heavy` and `photo` have one. `photo` crops
-    back to `size_hw`, the cached images' size."""
+    """The per-image albumentations pipeline run in the loader: `heavy`, `photo` and `randaugment` have one. `photo`
+    crops back to `size_hw`, the cached images' size."""
     if name in ("none", "light"):
         return None
     flip_ops = _flip_ops(trained_flips(name, flips))
@@ -124,6 +124,12 @@ def build_transforms(name: str, flips: str = "none", size_hw: tuple[int, int] | 
                A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, 0.4), hole_width_range=(0.1, 0.4),
                                fill="random", p=0.25)]
         return A.Compose(ops)
+    if name == "randaugment":
+        # FixMatch's strong view (Sohn et al. 2020): RandAugment with a random strength per op, then Cutout.
+        ops = [A.SomeOf(trivial_augment_ops(border)[1:], n=2, p=1.0),
+               A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.25, 0.5), hole_width_range=(0.25, 0.5),
+                               fill=0, p=1.0)]
+        return A.Compose(flip_ops + ops)
     if name == "heavy":
         ops = [A.Affine(translate_percent=(-0.12, 0.12), scale=(0.85, 1.15), rotate=(-15, 15), shear=(-10, 10),
                         p=1.0, **border),

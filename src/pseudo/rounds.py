@@ -13,12 +13,11 @@ import pandas as pd
 
 from src.core.atomic import check_writable, write_csv, write_text
 from src.core.config import config_from_dict, load_config_file
-from src.core.errors import UserError
 from src.core.repro import REPO, git_commit
 from src.core.rundir import exp_dir, write_json
 from src.core.tables import markdown_table
 from src.data.extra_rows import PSEUDO_CSV, split_of
-from src.data.images import IMAGE_EXTS
+from src.data.unlabeled import known_labels, truth_file, unlabeled_ids
 from src.infer.pipeline import InferOptions, make_submission
 from src.infer.predictor import Predictor
 from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
@@ -49,32 +48,6 @@ class PseudoOptions:
     submissions_dir: str = "submissions"
     device: str = "auto"
     quiet: bool = True
-
-
-def pool_images(data_dir: Path, opt: PseudoOptions) -> list[str]:
-    """Ids (paths relative to data_dir) of the images to pseudo-label, sorted."""
-    folders = [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else [])
-    ids = []
-    for name in folders:
-        root = data_dir / name
-        if not root.is_dir():
-            raise UserError(f"{root}: folder of images to pseudo-label not found (set --unlabeled-dir)")
-        ids += sorted(str(p.relative_to(data_dir)) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    if not ids:
-        raise UserError(f"{data_dir}: no images in {', '.join(folders)} to pseudo-label")
-    return ids
-
-
-def known_labels(data_dir: Path, opt: PseudoOptions) -> dict[str, str] | None:
-    """True labels of pool images where the demo keeps them (unlabeled_solution.csv, solution.csv)."""
-    truth = {}
-    for folder, name in ((opt.unlabeled_dir, "unlabeled_solution.csv"), (opt.test_dir, "solution.csv")):
-        path = data_dir / name
-        if path.is_file():
-            frame = pd.read_csv(path, dtype=str)
-            truth.update({f"{folder}/{i}" if "." in i else f"{folder}/{i}.png": v
-                          for i, v in zip(frame.iloc[:, 0], frame.iloc[:, 1])})
-    return truth or None
 
 
 def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: PseudoOptions, round_index: int,
@@ -121,9 +94,10 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
     retrain_base = config_from_dict(overrides, TrainConfig, source=opt.retrain_config or "retrain config",
                                     base=predictor.cfg)
     data_dir = Path(predictor.cfg.data_dir)
-    ids = pool_images(data_dir, opt)
+    folders = [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else [])
+    ids = unlabeled_ids(data_dir, folders, "--unlabeled-dir")
     images = predictor.cached([data_dir / i for i in ids], opt.quiet)
-    truth = known_labels(data_dir, opt)
+    truth = known_labels(data_dir, {opt.unlabeled_dir: truth_file(opt.unlabeled_dir), opt.test_dir: "solution.csv"})
     print(f"pseudo-labelling {len(ids)} images from {', '.join(sorted({i.split('/')[0] for i in ids}))}"
           f"{' (test images: transductive, recorded in each run config)' if opt.use_test else ''}")
     rows = [{"round": 0, "exp": opt.exp, "selected_per_fold": 0, "pseudo_accuracy": np.nan,

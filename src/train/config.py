@@ -9,7 +9,8 @@ from src.core.errors import UserError
 from src.train.hub import is_hub
 
 CHOICES = {
-    "augment": ("none", "light", "heavy", "photo"),
+    "augment": ("none", "light", "heavy", "photo", "randaugment"),
+    "consistency_augment": ("heavy", "photo", "randaugment"),
     "flips": ("none", "h", "v", "hv", "auto"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
     "normalize": ("auto", "data", "pretrained"),
@@ -36,7 +37,8 @@ RANGES = {"epochs": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "lr": (0, INF,
           "loss_switch_epoch": (0, INF, "[)"), "patience_epochs": (0, INF, "[)"), "min_delta": (0, INF, "[)"),
           "num_workers": (-1, INF, "[)"), "threads": (0, INF, "[)"), "synthetic_ratio": (0, INF, "[)"),
           "synthetic_per_class": (-1, INF, "[)"), "backbone_lr_mult": (0, INF, "[)"), "freeze_epochs": (0, INF, "[)"),
-          "train_fraction": (0, 1, "(]")}
+          "train_fraction": (0, 1, "(]"), "consistency_weight": (0, INF, "[)"),
+          "consistency_threshold": (0, 1, "()"), "consistency_ratio": (0, INF, "()")}
 
 HELP = {
     "exp": "experiment name; outputs go to <runs_dir>/<exp>/fold<k>/",
@@ -72,7 +74,8 @@ HELP = {
     "augment": "training augmentation: light = random shift ±10 %, scale 0.9–1.1 per axis, rotation ±10° "
                "(batched, on the device); heavy = stronger affine with shear, plus blur/noise and cutout "
                "(albumentations); photo = random-resized crop (25-100 % of the area), horizontal flip, one "
-               "TrivialAugment op per image and random erasing (albumentations, for photos)",
+               "TrivialAugment op per image and random erasing (albumentations, for photos); randaugment = two random "
+               "TrivialAugment ops and a cutout per image (FixMatch's strong view)",
     "drop_path_rate": "stochastic depth: chance of dropping a residual branch (deepest block; timm models that "
                       "support it and smallresnet*); 0 = off",
     "mixup_alpha": "mixup: blend pairs of training images and their labels with a Beta(alpha, alpha) weight "
@@ -128,6 +131,17 @@ HELP = {
                       "curves; tune.py's cheap fidelities); validation rows are always all used",
     "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
               "join the fold's training split only",
+    "consistency_weight": "semi-supervised consistency training (FixMatch): weight of the unlabelled loss; each step "
+                          "also takes unlabelled images, predicts a weak view (flips + shift) and trains the strong "
+                          "view toward its confident predictions; 0 = off",
+    "consistency_threshold": "confidence a weak view's prediction needs to become a target for the strong view",
+    "consistency_ratio": "unlabelled images per labelled image in each step (FixMatch's mu); an epoch then lasts "
+                         "until both the labelled rows and the unlabelled images were each seen once",
+    "consistency_augment": "the strong view's augmentation: heavy, photo, or randaugment (two random TrivialAugment "
+                           "ops and a cutout, as FixMatch)",
+    "unlabeled_dir": "folder of unlabelled images inside data_dir for consistency training",
+    "unlabeled_test": "also learn from the test images (test/) without their labels: transductive, recorded in "
+                      "config.json; only where the competition's rules allow it",
     "pseudo_soft": "train on the pseudo-labels' full probability vectors (soft labels, from pseudo.csv's prob_ "
                    "columns) instead of their top class; needs loss ce or label_smoothing",
 }
@@ -212,6 +226,12 @@ class TrainConfig(DataFields):
     synthetic_unfiltered: bool = False
     pseudo: str = ""
     pseudo_soft: bool = False
+    consistency_weight: float = 0.0
+    consistency_threshold: float = 0.95
+    consistency_ratio: float = 1.0
+    consistency_augment: str = "randaugment"
+    unlabeled_dir: str = "unlabeled"
+    unlabeled_test: bool = False
 
     @staticmethod
     def upgrade(values: dict) -> dict:
@@ -249,6 +269,11 @@ class TrainConfig(DataFields):
         if self.mixes and "focal" in (self.loss, self.loss2):
             raise UserError("config: mixup/cutmix train on mixed (soft) labels; focal loss takes class indices "
                             "only, so use loss ce or label_smoothing")
+        if self.consistency_weight and self.mixes:
+            raise UserError("config: consistency training needs mixup_alpha and cutmix_alpha 0 (a mixed image has no "
+                            "single class for the unlabelled loss to agree with)")
+        if self.unlabeled_test and not self.consistency_weight:
+            raise UserError("config: unlabeled_test is set but consistency_weight is 0 (nothing learns from them)")
         if self.mixes and self.pseudo_soft:
             raise UserError("config: mixup/cutmix mix class indices; pseudo_soft targets are already distributions, "
                             "so use one or the other")

@@ -30,7 +30,8 @@ def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_planne
     """curves.png: train/val loss, the monitored metric, and the LR: the schedule's curve per optimiser
     step, with the LR actually used at each epoch's end on top (they differ after plateau drops)."""
     log = pd.DataFrame(rows)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    semi = "mask_rate" in log  # consistency training: a fourth panel for the unlabelled stream
+    fig, axes = plt.subplots(1, 4 if semi else 3, figsize=(17 if semi else 13, 3.6))
     axes[0].plot(log["epoch"], log["train_loss"], marker="o", label="train loss")
     axes[0].plot(log["epoch"], log["val_log_loss"], marker="o", label="val loss (log-loss)")
     axes[0].set_xlabel("epoch")
@@ -44,6 +45,14 @@ def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_planne
     axes[2].set_xlabel("optimiser step")
     axes[2].set_title("learning rate")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    if semi:
+        axes[3].plot(log["epoch"], log["mask_rate"], marker="o", label="confident share (mask rate)")
+        if log["pseudo_accuracy"].notna().any():
+            axes[3].plot(log["epoch"], log["pseudo_accuracy"], marker="o", label="their targets' accuracy")
+        axes[3].set_ylim(-0.02, 1.02)
+        axes[3].set_xlabel("epoch")
+        axes[3].set_title("unlabelled images")
+        axes[3].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
     save_figure(run_dir / "curves.png", fig)

@@ -34,6 +34,7 @@ from src.data.folds import check_class_counts, default_folds_path, parse_fold_ar
 from src.data.holdout import split_holdout
 from src.data.images import channel_stats
 from src.data.rows import ConcatRows, RowView
+from src.data.unlabeled import UnlabeledImages, ids_sha256, load_unlabeled, without_copies
 from src.train.config import TrainConfig
 from src.train.cpu_speed import describe, resolve_cpu_speed
 from src.train.diagnostics import write_diagnostics
@@ -105,9 +106,11 @@ def subsample(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int) 
 
 
 def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarray, images: np.ndarray,
-                 info: dict, rt, stats: tuple[list[float], list[float]] | None = None) -> FoldTrainer:
-    """The trainer for fold k: its rows (plus synthetic rows, training side only), normalisation from the
-    rows it trains on (or the pretrained weights' `stats`), and the model."""
+                 info: dict, rt, stats: tuple[list[float], list[float]] | None = None,
+                 unlabeled: UnlabeledImages | None = None) -> FoldTrainer:
+    """The trainer for fold k: its rows (plus synthetic rows, training side only; the unlabelled images of
+    consistency training, less copies of its validation rows), normalisation from the rows it trains on (or the
+    pretrained weights' `stats`), and the model."""
     is_val = fold_of == k
     train_rows = subsample(np.flatnonzero(~is_val), table.labels, cfg.train_fraction, derived_seed(cfg.seed, k, -3))
     if cfg.train_fraction < 1:
@@ -140,6 +143,16 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
     data = FoldData(train_images, train_labels, RowView(images, is_val), table.labels[is_val],
                     [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
                     np.concatenate(targets) if targets else None)
+    if unlabeled is not None:
+        keep = without_copies(unlabeled, data.val_images)
+        data.unlabeled, data.unlabeled_truth = RowView(unlabeled.images, keep), unlabeled.truth[keep]
+        extra["unlabeled"] = {"folders": unlabeled.folders, "transductive": cfg.unlabeled_test, "rows": len(keep),
+                              "ids_sha256": ids_sha256([unlabeled.ids[i] for i in keep]),
+                              "copies_of_validation_rows_left_out": len(unlabeled.ids) - len(keep)}
+        left_out = f"; {len(unlabeled.ids) - len(keep)} copies of its validation images left out" \
+            if len(keep) < len(unlabeled.ids) else ""
+        print(f"fold {k}: consistency training on {len(keep)} unlabelled images from "
+              f"{', '.join(unlabeled.folders)}{' (test images: transductive)' if cfg.unlabeled_test else ''}{left_out}")
     return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
 
 
@@ -188,6 +201,11 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             read_sample_dir(resolve_sample_dir(cfg.synthetic, k), k, table.classes, info["fingerprint"])
         if cfg.pseudo:
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
+    unlabeled = None
+    if cfg.consistency_weight:
+        folders = [cfg.unlabeled_dir] + (["test"] if cfg.unlabeled_test else [])
+        unlabeled = load_unlabeled(Path(cfg.data_dir), folders, table, train_cache_dir(cfg), cfg.resize_interp, spec,
+                                   quiet, "--unlabeled-dir" + (" / --unlabeled-test" if cfg.unlabeled_test else ""))
     fed_hw = (info["input_size_px"],) * 2 if info["input_size_px"] else (spec.height_px, spec.width_px)
     speed = resolve_cpu_speed(cfg, rt, spec.in_chans, len(table.classes), fed_hw, train_cache_dir(cfg),
                               recorded_speed(cfg, [k for k in folds if actions[k] == "resume"]))
@@ -202,7 +220,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
               **({"flips_used": flips_used} if flips_used else {})}
     results = []
     for k in folds:
-        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats)  # builds and tries the model
+        trainer = fold_trainer(cfg, k, table, fold_of, images, info, rt, stats, unlabeled)  # builds, tries the model
         if actions[k] == "resume":  # checks last.pt against this run before anything in the folder changes
             trainer.resume()
         if rt.dist.is_main:

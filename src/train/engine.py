@@ -113,14 +113,17 @@ def _seed_worker(_worker_id: int, rank: int = 0) -> None:
 
 
 def train_loader(dataset: ArrayBatches, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
-                 info: Dist = SINGLE):
+                 info: Dist = SINGLE, batches: torch.utils.data.Sampler | None = None):
     """Shuffled batches for one epoch, fully determined by `seed`. Under DDP every rank draws the same
-    global batches (`batch_size` is the global batch) and takes its share, with its own augmentation seed."""
+    global batches (`batch_size` is the global batch) and takes its share, with its own augmentation seed.
+    `batches` replaces the shuffled one-pass sampler (consistency training's SemiSampler, already sharded)."""
     generator = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
-                                            batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
-    if info.enabled:
-        sampler = ShardedBatches(sampler, info)
+    sampler = batches
+    if sampler is None:
+        sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator),
+                                                batch_size, drop_last=drops_last_batch(len(dataset), batch_size))
+        if info.enabled:
+            sampler = ShardedBatches(sampler, info)
     # The loader draws its worker base seed from `generator` before the sampler shuffles, on every rank alike,
     # so the permutation is the single-process one; augmentation seeds then differ per rank.
     dataset.reseed(derived_seed(seed, info.rank) if info.enabled else seed)
@@ -173,10 +176,12 @@ def norm_tensors(mean: list[float], std: list[float], rt: Runtime, size_px: int 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     lr_factor_at_step, first_step: int, scaler: torch.amp.GradScaler, norm, rt: Runtime,
-                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False, mix=None) -> dict:
+                    desc: str, quiet: bool, ema=None, augment=None, freeze_backbone: bool = False, mix=None,
+                    consistency=None) -> dict:
     """One pass over `loader`; sets every param group's LR from `lr_factor_at_step(step)` before each step
     and updates the weight average `ema` (timm ModelEmaV3) after it; `augment` is the on-device pipeline,
     `mix` (mixup/cutmix: `mix_batch`) turns the normalised batch and its labels into mixed images and soft targets.
+    With `consistency` (src/train/consistency.py) each batch also carries unlabelled images, whose loss joins in.
     With `freeze_backbone` only the classifier head learns: the backbone's gradients are dropped before
     each step (so the optimiser skips it, moments included) and its BatchNorm statistics are kept."""
     model.train()
@@ -187,7 +192,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         frozen = head_and_backbone(net)[1]
     loss_sum = torch.zeros((), device=rt.device)  # accumulate on device: no host sync per step
     seen, step, start = 0, first_step, time.perf_counter()
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
+    for images, labels, *unlabeled in tqdm(loader, desc=desc, leave=False, disable=quiet, unit="batch"):
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_factor_at_step(step)
         x = to_input(images, norm, rt, augment)
@@ -195,7 +200,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if mix is not None:
             x, y = mix(x, y)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
-            loss = loss_fn(model(x), y)
+            if consistency is None:
+                loss = loss_fn(model(x), y)
+            else:  # labelled and strong views in one forward pass: one set of BatchNorm statistics, as FixMatch
+                weak, strong, truth = unlabeled
+                target, mask = consistency.targets(model, weak, truth, lambda u, a: to_input(u, norm, rt, a))
+                logits = model(torch.cat([x, to_input(strong, norm, rt)]))
+                loss = loss_fn(logits[:len(x)], y) + consistency.loss(logits[len(x):], target, mask)
         optimizer_step(loss, optimizer, scaler, frozen)
         if ema is not None:
             ema.update(getattr(model, "module", model), step=step + 1)  # the weights, not the DDP wrapper

@@ -24,6 +24,7 @@ from src.data.images import ImageSpec
 from src.data.rows import RowView
 from src.train.board import EpochBoard
 from src.train.config import TrainConfig
+from src.train.consistency import Consistency, SemiBatches, SemiSampler, epoch_stats, semi_steps
 from src.train.curves import plot_curves
 from src.train.diagnostics import confusion_figure
 from src.train.distributed import (
@@ -74,6 +75,8 @@ class FoldData:
     train_ids: list[str]
     extra: dict  # provenance of rows added to training (e.g. the synthetic manifest's hash)
     train_targets: np.ndarray | None = None  # (N, classes) soft targets when training on soft pseudo-labels
+    unlabeled: object = None  # consistency training's unlabelled images (rows of the cache's shape), or None
+    unlabeled_truth: np.ndarray | None = None  # their true class where known (the demo), else -1: logging only
 
 
 @dataclass
@@ -116,7 +119,6 @@ class FoldTrainer:
         # What is validated and saved as best.pt: the weight average when there is one.
         self.eval_model = self.ema.module if self.ema else self.model
         self.optimizer = build_optimizer(cfg, self.model)
-        self.schedule = build_schedule(cfg, steps_per_epoch(len(data.train_labels), cfg.batch_size))
         self.mode = monitor_direction(cfg.monitor, cfg.monitor_mode)
         self.plateau = PlateauScale(cfg.plateau_patience_epochs, cfg.plateau_factor, self.mode)
         self.stopper = EarlyStopping(self.mode, cfg.patience_epochs, cfg.min_delta)
@@ -129,6 +131,16 @@ class FoldTrainer:
         size_hw = (info.spec.height_px, info.spec.width_px)
         flips = resolve_flips(cfg.flips, info.spec.in_chans)
         self.dataset = ArrayBatches(data.train_images, targets, build_transforms(cfg.augment, flips, size_hw))
+        self.train_data, self.consistency = self.dataset, None
+        steps = steps_per_epoch(len(data.train_labels), cfg.batch_size)
+        if data.unlabeled is not None:
+            self.train_data = SemiBatches(self.dataset, data.unlabeled, data.unlabeled_truth,
+                                          build_transforms(cfg.consistency_augment, flips, size_hw))
+            # The weak view: flips (as trained) and a small shift, whatever the labelled pipeline is.
+            self.consistency = Consistency(cfg.consistency_weight, cfg.consistency_threshold,
+                                           build_batch_augment("light", flips), rt.device)
+            steps = semi_steps(len(data.train_labels), len(data.unlabeled), cfg.batch_size, cfg.consistency_ratio)
+        self.schedule = build_schedule(cfg, steps)
         self.mixup = None
         if cfg.mixes:
             # Smoothing stays with the loss (label_smoothing), which takes the soft targets as they are.
@@ -228,8 +240,15 @@ class FoldTrainer:
         use_second = cfg.loss2 and self.epoch >= cfg.loss_switch_epoch
         loss_name = cfg.loss2 if use_second else cfg.loss
         loss_fn = self.losses[loss_name]
-        loader = train_loader(self.dataset, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
-                              self.num_workers(), pin_memory=rt.device.type == "cuda", info=self.dist)
+        batches = None
+        if self.consistency is not None:
+            batches = SemiSampler(len(self.data.train_labels), len(self.data.unlabeled), cfg.batch_size,
+                                  cfg.consistency_ratio, derived_seed(cfg.seed, self.fold, self.epoch, 2), self.dist)
+            seed = derived_seed(cfg.seed, self.fold, self.epoch, 3, self.dist.rank)
+            self.consistency.start_epoch(torch.Generator(device=rt.device).manual_seed(seed))
+        loader = train_loader(self.train_data, cfg.batch_size, derived_seed(cfg.seed, self.fold, self.epoch),
+                              self.num_workers(), pin_memory=rt.device.type == "cuda", info=self.dist,
+                              batches=batches)
         augment = None
         if self.batch_augment is not None:
             seed = derived_seed(cfg.seed, self.fold, self.epoch, 1)
@@ -242,10 +261,14 @@ class FoldTrainer:
         start = time.perf_counter()
         stats = train_one_epoch(self.train_model, loader, self.optimizer, loss_fn, self.lr_factor, self.step,
                                 self.scaler, self.norm, rt, f"fold {self.fold} epoch {self.epoch}", quiet, self.ema,
-                                augment, freeze_backbone=self.epoch < cfg.freeze_epochs, mix=mix)
+                                augment, freeze_backbone=self.epoch < cfg.freeze_epochs, mix=mix,
+                                consistency=self.consistency)
         if self.dist.enabled:  # every rank's mean loss over its equal share of each batch
             stats["train_loss"] = float(np.mean(gather_objects(stats["train_loss"], self.dist)))
             stats["images_per_s"] *= self.dist.world_size
+        semi = {}
+        if self.consistency is not None:  # counted over every rank's share
+            semi = epoch_stats(np.sum(gather_objects(self.consistency.counts.tolist(), self.dist), axis=0))
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
@@ -254,7 +277,7 @@ class FoldTrainer:
         metrics = compute_metrics(self.data.val_labels, probs)
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_name,  # the head's
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
-               "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
+               **semi, "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}
         self.step += stats["steps"]
         return broadcast_object(row, self.dist)  # rank 0's numbers drive every rank's decisions
