@@ -157,3 +157,20 @@ def test_killed_ddp_run_resumes_exactly_and_refuses_another_process_count(demo):
     proc = torchrun(demo, runs, "killed", *args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     pd.testing.assert_frame_equal(log_metrics(runs / "full" / "fold0"), log_metrics(runs / "killed" / "fold0"))
+
+
+@pytest.mark.slow
+def test_consistency_training_runs_under_torchrun_with_each_rank_on_its_share(demo):
+    runs = demo["root"] / "ddp_semi"
+    semi = ["--fold", "0", "--epochs", "1", "--consistency-weight", "1", "--unlabeled-dir", "unlabeled_small",
+            "--consistency-threshold", "0.2"]  # low: after one epoch some of the 10-class predictions pass it
+    proc = torchrun(demo, runs, "semi", *semi)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = pd.read_csv(runs / "semi" / "fold0" / "log.csv")
+    single = train(demo, "single", *semi, runs=runs)
+    assert single.returncode == 0, single.stderr
+    one = pd.read_csv(runs / "single" / "fold0" / "log.csv")
+    # Same global batches, split over the ranks: the losses agree closely (BatchNorm sees half a batch per rank).
+    assert ddp["train_loss"].iloc[0] == pytest.approx(one["train_loss"].iloc[0], rel=0.05)
+    assert ddp["mask_rate"].between(0, 1).all() and ddp["mask_rate"].iloc[0] > 0
+    assert ddp["pseudo_accuracy"].notna().all()  # counted over both ranks' shares
