@@ -203,6 +203,11 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     unlabeled = None
     if cfg.consistency_weight:
+        ceiling = 1 - cfg.label_smoothing + cfg.label_smoothing / len(table.classes)
+        if "label_smoothing" in (cfg.loss, cfg.loss2) and cfg.consistency_threshold >= ceiling:
+            print(f"note: consistency_threshold {cfg.consistency_threshold:g} is above the {ceiling:.3f} a "
+                  f"label_smoothing {cfg.label_smoothing:g} loss trains confidences toward, so few unlabelled images "
+                  f"will pass it; use --loss ce or a lower threshold")
         folders = [cfg.unlabeled_dir] + (["test"] if cfg.unlabeled_test else [])
         unlabeled = load_unlabeled(Path(cfg.data_dir), folders, table, train_cache_dir(cfg), cfg.resize_interp, spec,
                                    quiet, "--unlabeled-dir" + (" / --unlabeled-test" if cfg.unlabeled_test else ""))

@@ -95,6 +95,8 @@ def test_a_copy_of_a_validation_image_never_enters_that_fold_s_unlabelled_stream
     assert [r["rows"] for r in record] == [9, 10] and [r["copies_of_validation_rows_left_out"] for r in record] == [1, 0]
     assert record[0]["folders"] == ["unlabeled"] and record[0]["transductive"] is False
     assert "fold 0: consistency training on 9 unlabelled images from unlabeled; 1 copies of its validation" in proc.stdout
+    # The defaults: label smoothing 0.1 over 3 classes trains confidences toward 0.933, below the 0.95 threshold.
+    assert "note: consistency_threshold 0.95 is above the 0.933 a label_smoothing 0.1 loss" in proc.stdout
     log = pd.read_csv(runs / "baseline" / "fold0" / "log.csv")
     assert log["mask_rate"].between(0, 1).all() and log["pseudo_accuracy"].isna().all()  # no truth file here
     assert (runs / "baseline" / "fold0" / "curves.png").is_file()
