@@ -12,8 +12,12 @@ def test_suite_quick_mode_scores_each_set_and_judges_against_an_earlier_run(demo
     photos = make_competition(tmp_path / "photos", per_class=10, size_px=16)
     out = tmp_path / "suite.md"
     sets = ["--sets", "demo,hymenoptera", "--set", f"demo={demo['data']}", "--set", f"hymenoptera={photos}"]
-    proc = run_script("bench/suite.py", "--quick", "--seeds", "1", *sets, "--out", str(out))
+    earlier = tmp_path / "earlier.csv"  # an earlier sitting's table, as --out wrote it (its judged columns)
+    pd.DataFrame({"set": ["hymenoptera", "mean over sets"], "kit": [0.5, 0.5], "gain pp": [0.0, 0.0],
+                  "seed spread pp": [float("nan"), float("nan")]}).to_csv(earlier, index=False)
+    proc = run_script("bench/suite.py", "--quick", "--seeds", "1", *sets, "--out", str(out), "--against", str(earlier))
     assert proc.returncode == 0, proc.stderr
+    assert "Against the earlier run, per set: hymenoptera" in proc.stdout  # the sets both sittings ran
     table = pd.read_csv(out.with_suffix(".csv"))
     assert list(table["set"]) == ["demo", "hymenoptera", "mean over sets"]
     assert table[["notebook", "kit", "gain pp", "time ratio"]].notna().all().all()
@@ -22,10 +26,6 @@ def test_suite_quick_mode_scores_each_set_and_judges_against_an_earlier_run(demo
     assert set(pd.read_csv(tmp_path / "suite_demo.csv")["arm"]) == {"kit", "notebook"}
     text = out.read_text()
     assert "not a measurement" in text and "Machine:" in text and "mean gain" in text
-    judged = run_script("bench/suite.py", "--quick", "--seeds", "1", *sets[2:], "--sets", "hymenoptera",
-                        "--against", str(out.with_suffix(".csv")))
-    assert judged.returncode == 0, judged.stderr
-    assert "Against the earlier run, per set: hymenoptera" in judged.stdout
 
 
 def test_a_missing_built_set_is_built_by_the_suite(tmp_path):
@@ -39,3 +39,31 @@ def test_suite_names_a_missing_set_in_one_line(tmp_path):
     assert proc.returncode == 2 and "no train.csv for set 'trashnet'" in proc.stderr
     proc = run_script("bench/suite.py", "--sets", "cifar")
     assert proc.returncode == 2 and "unknown set 'cifar'" in proc.stderr
+
+
+def suite_module():
+    import importlib.util
+
+    from helpers import REPO
+    spec = importlib.util.spec_from_file_location("suite", REPO / "bench" / "suite.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(kit, gains, spreads):
+    sets = ["demo", "trashnet"]
+    return pd.DataFrame({"set": sets + ["mean over sets"], "kit": kit + [sum(kit) / 2],
+                         "gain pp": gains + [sum(gains) / 2], "seed spread pp": spreads + [float("nan")]})
+
+
+def test_a_candidate_replaces_the_earlier_one_only_when_the_mean_gain_rises_and_no_set_loses_beyond_its_spread():
+    judged = suite_module().judged
+    before = table([0.99, 0.70], [0.1, -2.0], [0.3, 1.0])
+    assert "may replace it." in judged(table([0.99, 0.73], [0.1, 1.0], [0.3, 1.0]), before)
+    verdict = judged(table([0.97, 0.80], [-1.9, 8.0], [0.3, 1.0]), before)  # demo -2 pp: beyond its 0.3 spread
+    assert "may NOT replace it (demo loses more than its seed spread)" in verdict
+    verdict = judged(table([0.99, 0.695], [0.1, -2.5], [0.3, 1.0]), before)  # -0.5 pp on trashnet is within 1.0
+    assert "may NOT replace it (the mean gain does not rise)" in verdict
+    one_seed = table([0.989, 0.75], [0.0, 3.0], [float("nan")] * 2)  # no spread: any loss counts
+    assert "demo loses more than its seed spread" in judged(one_seed, table([0.99, 0.70], [0.1, -2.0], [float("nan")] * 2))
