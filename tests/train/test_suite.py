@@ -66,4 +66,5 @@ def test_a_candidate_replaces_the_earlier_one_only_when_the_mean_gain_rises_and_
     verdict = judged(table([0.99, 0.695], [0.1, -2.5], [0.3, 1.0]), before)  # -0.5 pp on trashnet is within 1.0
     assert "may NOT replace it (the mean gain does not rise)" in verdict
     one_seed = table([0.989, 0.75], [0.0, 3.0], [float("nan")] * 2)  # no spread: any loss counts
-    assert "demo loses more than its seed spread" in judged(one_seed, table([0.99, 0.70], [0.1, -2.0], [float("nan")] * 2))
+    earlier_one_seed = table([0.99, 0.70], [0.1, -2.0], [float("nan")] * 2)
+    assert "demo loses more than its seed spread" in judged(one_seed, earlier_one_seed)
