@@ -1,7 +1,7 @@
 """train.py's typed config: every field is a flag, a config-file key and part of config.json."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from src.core.config import INF, check_fields, clip_warmup
@@ -12,6 +12,7 @@ CHOICES = {
     "augment": ("none", "light", "heavy", "photo", "randaugment"),
     "consistency_augment": ("heavy", "photo", "randaugment"),
     "flips": ("none", "h", "v", "hv", "auto"),
+    "augment_fill": ("reflection", "zeros"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
     "normalize": ("auto", "data", "pretrained"),
     "optimizer": ("adamw", "sgd"),
@@ -84,6 +85,8 @@ HELP = {
                     "typical); with mixup too, each batch uses one of the two; 0 = off",
     "mixup_off_epoch": "epoch (0-based) from which mixup/cutmix stop, so the last epochs train on clean images; "
                        "0 = never stop",
+    "augment_fill": "what the light warp brings in from outside the image: reflection (its own border mirrored; "
+                    "a black band in a photo on a light background is an edge no real image has) or zeros (black)",
     "flips": "random flips added to the pipeline: h (left-right), v, hv, none, or auto = h for colour images and "
              "none for grey ones (mirrors break digits and text)",
     "epochs": "maximum number of epochs",
@@ -147,6 +150,11 @@ HELP = {
 }
 
 
+# Keys added with augment_fill (2026-12-07): a complete config from before it lacks them too.
+FILL_ERA_KEYS = ("consistency_weight", "consistency_threshold", "consistency_ratio", "consistency_augment",
+                 "unlabeled_dir", "unlabeled_test")
+
+
 @dataclass
 class DataFields:
     """Where the labelled data and its fold file are: shared by every config that reads a competition."""
@@ -182,6 +190,7 @@ class TrainConfig(DataFields):
     drop_path_rate: float = 0.0
     ema_decay: float = 0.99
     augment: str = "light"
+    augment_fill: str = "reflection"
     flips: str = "none"
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -233,11 +242,18 @@ class TrainConfig(DataFields):
     unlabeled_dir: str = "unlabeled"
     unlabeled_test: bool = False
 
-    @staticmethod
-    def upgrade(values: dict) -> dict:
-        """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only)."""
+    @classmethod
+    def upgrade(cls, values: dict) -> dict:
+        """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only). A complete
+        saved config (every key of its day, as config.json and checkpoints hold) without augment_fill comes from
+        before that key, when the light warp filled with zeros; a config file naming a few keys gets today's
+        default."""
         legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "auto", False: "off"}}
-        return {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
+        values = {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
+        before_fill = {f.name for f in fields(cls)} - {"augment_fill", *FILL_ERA_KEYS}
+        if "augment_fill" not in values and values.get("augment") == "light" and before_fill <= set(values):
+            values["augment_fill"] = "zeros"
+        return values
 
     @property
     def mixes(self) -> bool:

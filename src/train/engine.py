@@ -155,8 +155,8 @@ class InputNorm:
 def to_input(images: torch.Tensor, norm: InputNorm, rt: Runtime, augment=None) -> torch.Tensor:
     """uint8 NHWC batch -> normalised float NCHW on the device (channels_last is the free NHWC view).
 
-    `augment` (a function of the float NCHW batch in [0, 255]) runs before normalisation, so its zero
-    fill is a black pixel; the resize to `norm.size_px` comes after it."""
+    `augment` (a function of the float NCHW batch in [0, 255]) runs before normalisation, on the pixels as stored;
+    the resize to `norm.size_px` comes after it."""
     x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
     if augment is not None:
         x = augment(x)

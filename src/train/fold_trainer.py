@@ -138,7 +138,7 @@ class FoldTrainer:
                                           build_transforms(cfg.consistency_augment, flips, size_hw))
             # The weak view: flips (as trained) and a small shift, whatever the labelled pipeline is.
             self.consistency = Consistency(cfg.consistency_weight, cfg.consistency_threshold,
-                                           build_batch_augment("light", flips), rt.device)
+                                           build_batch_augment("light", flips, cfg.augment_fill), rt.device)
             steps = semi_steps(len(data.train_labels), len(data.unlabeled), cfg.batch_size, cfg.consistency_ratio)
         self.schedule = build_schedule(cfg, steps)
         self.mixup = None
@@ -146,7 +146,7 @@ class FoldTrainer:
             # Smoothing stays with the loss (label_smoothing), which takes the soft targets as they are.
             self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=0.0,
                                num_classes=num_classes)
-        self.batch_augment = build_batch_augment(cfg.augment, flips)
+        self.batch_augment = build_batch_augment(cfg.augment, flips, cfg.augment_fill)
         self.norm = norm_tensors(info.mean, info.std, rt, info.input_size_px)
         self.check_forward()
         # What trains: the model itself, or its DistributedDataParallel wrapper (same weights) under torchrun.
@@ -200,7 +200,7 @@ class FoldTrainer:
         """Continue from last.pt exactly; refuses a checkpoint made with a different config or data."""
         path = self.run_dir / "last.pt"
         state = load_checkpoint(path)
-        saved, now = state["config"], config_to_dict(self.cfg)
+        saved, now = TrainConfig.upgrade(state["config"]), config_to_dict(self.cfg)  # older keys as today's
         diff = config_differences(saved, now, TrainConfig)
         if diff:
             k = diff[0]

@@ -116,6 +116,24 @@ def test_an_existing_run_needs_resume_or_overwrite(demo):
     assert train(demo, "x", "--fold", "0", "--epochs", "1", "--overwrite", runs=runs).returncode == 0
 
 
+def test_a_run_from_before_augment_fill_resumes_only_with_the_zero_fill_it_began_with(demo):
+    from src.core.rundir import load_checkpoint, save_checkpoint
+    from src.train.config import FILL_ERA_KEYS
+    runs = demo["root"] / "old_fill"
+    assert train(demo, "x", "--fold", "0", "--epochs", "1", runs=runs).returncode == 0
+    last = runs / "x" / "fold0" / "last.pt"
+    state = load_checkpoint(last)
+    for key in ("augment_fill", *FILL_ERA_KEYS):  # as code before the key wrote it
+        del state["config"][key]
+    save_checkpoint(last, state)
+    record = json.loads((last.parent / "config.json").read_text())
+    (last.parent / "config.json").write_text(json.dumps({**record, "config": state["config"]}))
+    proc = train(demo, "x", "--fold", "0", "--epochs", "1", "--resume", runs=runs)
+    assert proc.returncode == 2 and "made with augment_fill='zeros', now augment_fill='reflection'" in proc.stderr
+    proc = train(demo, "x", "--fold", "0", "--epochs", "1", "--resume", "--augment-fill", "zeros", runs=runs)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_refused_resume_rewrites_nothing_in_the_run_folder(demo):
     runs = demo["root"] / "refused"
     assert train(demo, "x", "--fold", "0", "--epochs", "2", runs=runs).returncode == 0
