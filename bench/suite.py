@@ -14,7 +14,7 @@ Sets (a name=DIR in --set points one elsewhere; missing built sets are built fir
 - trashnet: 2,521 photos of waste, 6 classes (../shared/datasets/trashnet), at 64 px.
 
     python bench/suite.py --seeds 42,43 --out bench/suite_defaults.md
-    python bench/suite.py --kit-config configs/photo.yaml --against bench/suite_defaults.csv --out bench/suite_photo.md
+    python bench/suite.py --kit-args="--augment-fill zeros" --against bench/suite_defaults.csv --out bench/suite_zeros.md
     python bench/suite.py --build-only                       # build the missing sets (demo, greycrops) and stop
     python bench/suite.py --quick --set hymenoptera=DIR ...   # 2 folds, 1 epoch: checks the suite runs
 """

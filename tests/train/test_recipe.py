@@ -111,16 +111,3 @@ def test_timm_small_nets_train_a_step_on_28px_digits_fed_upscaled(name):
     loss = torch.nn.functional.cross_entropy(model.train()(x), torch.arange(4))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
-
-
-@pytest.mark.slow
-def test_the_photo_config_of_the_readme_trains_all_folds(demo):
-    """configs/photo.yaml as the README gives it (short settings: two epochs, mixup off for the second, 32 px;
-    a shorter run must move mixup_off_epoch too, or train.py refuses it)."""
-    from helpers import run_script
-    runs = demo["root"] / "photo"
-    proc = run_script("train.py", "--data-dir", str(demo["data"]), "--folds-csv", str(demo["folds"]),
-                      "--config", "configs/photo.yaml", "--runs-dir", str(runs), "--exp", "photo", "--fold", "all",
-                      "--epochs", "2", "--mixup-off-epoch", "1", "--image-size-px", "32", "--quiet", "--no-tensorboard")
-    assert proc.returncode == 0, proc.stderr
-    assert len(list(runs.glob("photo/fold*/oof.csv"))) == 5
