@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import cv2
-import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -51,9 +50,6 @@ def _build_demo(folder: Path) -> None:
     pool.mkdir()
     for path in sorted((data / "unlabeled").glob("*.png"))[:100]:
         shutil.copy(path, pool / path.name)
-    truth = pd.read_csv(data / "unlabeled_solution.csv", dtype=str)  # their hidden labels, as the demo keeps them
-    truth[truth["image"].isin({p.stem for p in pool.glob("*.png")})].to_csv(
-        data / "unlabeled_small_solution.csv", index=False)
 
 
 @pytest.fixture(scope="session")

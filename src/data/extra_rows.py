@@ -18,7 +18,7 @@ import pandas as pd
 from src.core.errors import UserError
 from src.core.rundir import prob_columns
 from src.data.contract import LabelTable, changed_data_text, file_sha256, resolve_image_path
-from src.data.holdout import holdout_paths
+from src.data.holdout import HELD_OUT, LABELLED, off_limits
 from src.data.images import ImageSpec, decode_all, to_array
 
 META = "meta.json"
@@ -181,18 +181,17 @@ def read_pseudo_dir(folder: Path, fold: int, table: LabelTable, data_dir: Path,
     missing = [c for c in PSEUDO_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}")
-    labelled = {p.resolve() for p in table.paths}
-    held_out = {p.resolve() for p in holdout_paths(table)}
+    taken = off_limits(table)
     seen, paths = set(), []
     for i, (image_id, label) in enumerate(zip(frame["id"], frame["label"])):
         where = f"{path} line {i + 2}"
         if label not in table.classes:
             raise UserError(f"{where}: label {label!r} is not one of the data's classes")
         image = resolve_image_path(image_id, data_dir, where)
-        if image.resolve() in labelled:
+        if taken.get(image.resolve()) == LABELLED:
             raise UserError(f"{where}: {image_id!r} is a labelled training image; pseudo-labels are only for "
                             f"unlabelled (or test) images")
-        if image.resolve() in held_out:
+        if taken.get(image.resolve()) == HELD_OUT:
             raise UserError(f"{where}: {image_id!r} is a holdout row of the fold file; no fold may train on it "
                             f"(with any label), so leave it out of the pseudo-label pool")
         if image_id in seen:

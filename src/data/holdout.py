@@ -85,3 +85,13 @@ def split_holdout(table: LabelTable, fold_of: np.ndarray) -> tuple[LabelTable, n
 def holdout_paths(table: LabelTable) -> list:
     """The image files of a table's holdout rows (none without a holdout)."""
     return [] if table.holdout is None else list(table.holdout.paths)
+
+
+LABELLED, HELD_OUT = "a labelled training image", "a holdout row of the fold file"
+
+
+def off_limits(table: LabelTable) -> dict:
+    """Every train.csv image by resolved path -> LABELLED or HELD_OUT: no pseudo-labelled or unlabelled row may be
+    one of them (its label, or the holdout's pixels, would reach training)."""
+    paths = {p.resolve(): LABELLED for p in table.paths}
+    return {**paths, **{p.resolve(): HELD_OUT for p in holdout_paths(table)}}

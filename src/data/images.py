@@ -83,6 +83,14 @@ def is_gray(image: np.ndarray) -> bool:
 
 
 
+def image_files(folder: Path, skip: list[Path]) -> list[Path]:
+    """Every image file under `folder` (sub-folders included, hidden ones and those under `skip` left out)."""
+    skip = [p.resolve() for p in skip]
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and not any(p.resolve().is_relative_to(other) for other in skip))
+
+
 def decode_all(paths: list[Path], quiet: bool = True) -> list[np.ndarray]:
     """Decode every file once, with a progress bar."""
     return [decode_image(p) for p in tqdm(paths, desc="decode", unit="img", disable=quiet, leave=False)]

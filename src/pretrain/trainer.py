@@ -25,7 +25,16 @@ from src.core.errors import UserError
 from src.core.interrupts import raise_interrupt
 from src.core.repro import REPO, derived_seed, git_commit, package_versions, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, write_log
-from src.data.images import IMAGE_EXTS, ImageSpec, channel_stats, decode_all, infer_spec, pixel_hash, to_array
+from src.data.images import (
+    IMAGE_EXTS,
+    ImageSpec,
+    channel_stats,
+    decode_all,
+    image_files,
+    infer_spec,
+    pixel_hash,
+    to_array,
+)
 from src.pretrain.config import PROBE_KEYS, PretrainConfig, pretrain_dir
 from src.pretrain.ssl import SSLNet, TwoViews
 from src.train.curves import plot_epoch_loss
@@ -41,14 +50,6 @@ from src.train.engine import (
 )
 from src.train.models import classifier_prefixes
 from src.train.schedule import Schedule, lr_factor_at
-
-
-def image_files(folder: Path, skip: list[Path]) -> list[Path]:
-    """Every image file under `folder` (sub-folders included, hidden ones and those under `skip` left out)."""
-    skip = [p.resolve() for p in skip]
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                  and not any(p.resolve().is_relative_to(other) for other in skip))
 
 
 def list_pretrain_images(cfg: PretrainConfig) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from src.core.repro import REPO, git_commit
 from src.core.rundir import exp_dir, write_json
 from src.core.tables import markdown_table
 from src.data.extra_rows import PSEUDO_CSV, split_of
-from src.data.unlabeled import known_labels, truth_file, unlabeled_ids
+from src.data.unlabeled import TEST_TRUTH, UNLABELED_TRUTH, known_labels, unlabeled_ids
 from src.infer.pipeline import InferOptions, make_submission
 from src.infer.predictor import Predictor
 from src.pseudo.select import per_round, pseudo_frame, select_confident, selection_table
@@ -97,7 +97,7 @@ def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
     folders = [opt.unlabeled_dir] + ([opt.test_dir] if opt.use_test else [])
     ids = unlabeled_ids(data_dir, folders, "--unlabeled-dir")
     images = predictor.cached([data_dir / i for i in ids], opt.quiet)
-    truth = known_labels(data_dir, {opt.unlabeled_dir: truth_file(opt.unlabeled_dir), opt.test_dir: "solution.csv"})
+    truth = known_labels(data_dir, {opt.unlabeled_dir: UNLABELED_TRUTH, opt.test_dir: TEST_TRUTH})
     print(f"pseudo-labelling {len(ids)} images from {', '.join(sorted({i.split('/')[0] for i in ids}))}"
           f"{' (test images: transductive, recorded in each run config)' if opt.use_test else ''}")
     rows = [{"round": 0, "exp": opt.exp, "selected_per_fold": 0, "pseudo_accuracy": np.nan,

@@ -135,7 +135,7 @@ HELP = {
     "pseudo": "pseudo_label.py folder (or one fold's folder) of pseudo-labelled unlabelled/test images; they "
               "join the fold's training split only",
     "consistency_weight": "semi-supervised consistency training (FixMatch): weight of the unlabelled loss; each step "
-                          "also takes unlabelled images, predicts a weak view (flips + shift) and trains the strong "
+                          "also takes unlabelled images, predicts a weak view (the light warp) and trains a strong "
                           "view toward its confident predictions; 0 = off",
     "consistency_threshold": "confidence a weak view's prediction needs to become a target for the strong view",
     "consistency_ratio": "unlabelled images per labelled image in each step (FixMatch's mu); an epoch then lasts "

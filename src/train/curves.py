@@ -34,6 +34,8 @@ def plot_curves(run_dir: Path, rows: list[dict], lr_steps: np.ndarray, lr_planne
     fig, axes = plt.subplots(1, 4 if semi else 3, figsize=(17 if semi else 13, 3.6))
     axes[0].plot(log["epoch"], log["train_loss"], marker="o", label="train loss")
     axes[0].plot(log["epoch"], log["val_log_loss"], marker="o", label="val loss (log-loss)")
+    if semi:  # train loss is the labelled loss plus the weighted unlabelled one
+        axes[0].plot(log["epoch"], log["unlabeled_loss"], marker="o", label="unlabelled loss (unweighted)")
     axes[0].set_xlabel("epoch")
     axes[0].legend()
     axes[1].plot(log["epoch"], log[f"val_{monitor}"], marker="o", color="tab:green")

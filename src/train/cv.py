@@ -34,8 +34,9 @@ from src.data.folds import check_class_counts, default_folds_path, parse_fold_ar
 from src.data.holdout import split_holdout
 from src.data.images import channel_stats
 from src.data.rows import ConcatRows, RowView
-from src.data.unlabeled import UnlabeledImages, ids_sha256, load_unlabeled, without_copies
+from src.data.unlabeled import UnlabeledImages, load_unlabeled, without_copies
 from src.train.config import TrainConfig
+from src.train.consistency import semi_steps, threshold_note
 from src.train.cpu_speed import describe, resolve_cpu_speed
 from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
@@ -144,16 +145,28 @@ def fold_trainer(cfg: TrainConfig, k: int, table: LabelTable, fold_of: np.ndarra
                     [table.ids[i] for i in np.flatnonzero(is_val)], train_ids, extra,
                     np.concatenate(targets) if targets else None)
     if unlabeled is not None:
-        keep = without_copies(unlabeled, data.val_images)
-        data.unlabeled, data.unlabeled_truth = RowView(unlabeled.images, keep), unlabeled.truth[keep]
-        extra["unlabeled"] = {"folders": unlabeled.folders, "transductive": cfg.unlabeled_test, "rows": len(keep),
-                              "ids_sha256": ids_sha256([unlabeled.ids[i] for i in keep]),
-                              "copies_of_validation_rows_left_out": len(unlabeled.ids) - len(keep)}
-        left_out = f"; {len(unlabeled.ids) - len(keep)} copies of its validation images left out" \
-            if len(keep) < len(unlabeled.ids) else ""
-        print(f"fold {k}: consistency training on {len(keep)} unlabelled images from "
-              f"{', '.join(unlabeled.folders)}{' (test images: transductive)' if cfg.unlabeled_test else ''}{left_out}")
+        data.unlabeled, data.unlabeled_truth, extra["unlabeled"] = fold_unlabeled(cfg, k, unlabeled, data.val_images,
+                                                                                  len(train_labels))
     return FoldTrainer(cfg, k, fold_dir(cfg.runs_dir, cfg.exp, k), data, DataInfo(mean=mean, std=std, **info), rt)
+
+
+def fold_unlabeled(cfg: TrainConfig, k: int, unlabeled: UnlabeledImages, val_images, n_train: int) -> tuple:
+    """Fold k's unlabelled stream (copies of its validation images left out), their truth, and the record."""
+    keep = without_copies(unlabeled, val_images)
+    if not len(keep):
+        raise UserError(f"fold {k}: every unlabelled image is a copy of one of its validation images; add unlabelled "
+                        f"images that are not in train.csv")
+    copies = len(unlabeled.ids) - len(keep)
+    record = {"folders": unlabeled.folders, "transductive": cfg.unlabeled_test, "rows": len(keep),
+              "image_sha1": unlabeled.sha1, "copies_of_validation_rows_left_out": copies,
+              "copies_of_holdout_rows_left_out": unlabeled.holdout_copies}
+    steps = semi_steps(n_train, len(keep), cfg.batch_size, cfg.consistency_ratio)
+    left_out = [f"{n} copies of its {what} images left out" for n, what in
+                ((copies, "validation"), (unlabeled.holdout_copies, "holdout")) if n]
+    print(f"fold {k}: consistency training on {len(keep)} unlabelled images from {', '.join(unlabeled.folders)}"
+          f"{' (test images: transductive)' if cfg.unlabeled_test else ''}{'; ' if left_out else ''}"
+          f"{'; '.join(left_out)}; {steps} steps per epoch")
+    return RowView(unlabeled.images, keep), unlabeled.truth[keep], record
 
 
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
@@ -203,14 +216,10 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             read_pseudo_dir(resolve_pseudo_dir(cfg.pseudo, k), k, table, Path(cfg.data_dir), info["fingerprint"])
     unlabeled = None
     if cfg.consistency_weight:
-        ceiling = 1 - cfg.label_smoothing + cfg.label_smoothing / len(table.classes)
-        if "label_smoothing" in (cfg.loss, cfg.loss2) and cfg.consistency_threshold >= ceiling:
-            print(f"note: consistency_threshold {cfg.consistency_threshold:g} is above the {ceiling:.3f} a "
-                  f"label_smoothing {cfg.label_smoothing:g} loss trains confidences toward, so few unlabelled images "
-                  f"will pass it; use --loss ce or a lower threshold")
-        folders = [cfg.unlabeled_dir] + (["test"] if cfg.unlabeled_test else [])
-        unlabeled = load_unlabeled(Path(cfg.data_dir), folders, table, train_cache_dir(cfg), cfg.resize_interp, spec,
-                                   quiet, "--unlabeled-dir" + (" / --unlabeled-test" if cfg.unlabeled_test else ""))
+        note = threshold_note(cfg, len(table.classes))
+        if note:
+            print(note)
+        unlabeled = run_unlabeled(cfg, table, spec, quiet)
     fed_hw = (info["input_size_px"],) * 2 if info["input_size_px"] else (spec.height_px, spec.width_px)
     speed = resolve_cpu_speed(cfg, rt, spec.in_chans, len(table.classes), fed_hw, train_cache_dir(cfg),
                               recorded_speed(cfg, [k for k in folds if actions[k] == "resume"]))
@@ -239,6 +248,18 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
     if rt.dist.is_main:
         report_experiment(exp_dir(cfg.runs_dir, cfg.exp), table, images, cfg, info["fingerprint"])
     return results
+
+
+def run_unlabeled(cfg: TrainConfig, table: LabelTable, spec, quiet: bool) -> UnlabeledImages:
+    """The unlabelled images of consistency training: unlabeled_dir, plus test/ with unlabeled_test (transductive,
+    so only by that flag: an unlabeled_dir that is test/ is refused)."""
+    data_dir = Path(cfg.data_dir)
+    if (data_dir / cfg.unlabeled_dir).resolve() == (data_dir / "test").resolve():
+        raise UserError(f"--unlabeled-dir {cfg.unlabeled_dir}: that is test/; learning from the test images is "
+                        f"transductive, so say so with --unlabeled-test (recorded in config.json)")
+    folders = [cfg.unlabeled_dir] + (["test"] if cfg.unlabeled_test else [])
+    flag = "--unlabeled-dir" + (" / --unlabeled-test" if cfg.unlabeled_test else "")
+    return load_unlabeled(data_dir, folders, table, train_cache_dir(cfg), cfg.resize_interp, spec, quiet, flag)
 
 
 def recorded_speed(cfg: TrainConfig, resumed: list[int]) -> dict | None:

@@ -202,11 +202,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
             if consistency is None:
                 loss = loss_fn(model(x), y)
-            else:  # labelled and strong views in one forward pass: one set of BatchNorm statistics, as FixMatch
+            else:  # labelled, weak and strong views in one forward pass: one set of BatchNorm statistics (FixMatch)
                 weak, strong, truth = unlabeled
-                target, mask = consistency.targets(model, weak, truth, lambda u, a: to_input(u, norm, rt, a))
-                logits = model(torch.cat([x, to_input(strong, norm, rt)]))
-                loss = loss_fn(logits[:len(x)], y) + consistency.loss(logits[len(x):], target, mask)
+                n, m = len(x), len(weak)
+                logits = model(torch.cat([x, to_input(weak, norm, rt, consistency.weak_view()),
+                                          to_input(strong, norm, rt)]))
+                loss = loss_fn(logits[:n], y) + consistency.loss(logits[n:n + m], logits[n + m:],
+                                                                 truth.to(rt.device, non_blocking=True))
         optimizer_step(loss, optimizer, scaler, frozen)
         if ema is not None:
             ema.update(getattr(model, "module", model), step=step + 1)  # the weights, not the DDP wrapper

@@ -18,13 +18,13 @@ from src.core.errors import UserError
 from src.core.metrics import compute_metrics, monitor_direction
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
-from src.data.augment import build_batch_augment, build_transforms, resolve_flips
+from src.data.augment import build_batch_augment, build_transforms, resolve_flips, trained_flips
 from src.data.contract import changed_data, changed_data_text
 from src.data.images import ImageSpec
 from src.data.rows import RowView
 from src.train.board import EpochBoard
 from src.train.config import TrainConfig
-from src.train.consistency import Consistency, SemiBatches, SemiSampler, epoch_stats, semi_steps
+from src.train.consistency import Consistency, SemiBatches, SemiSampler, check_unlabeled_batch, epoch_stats, semi_steps
 from src.train.curves import plot_curves
 from src.train.diagnostics import confusion_figure
 from src.train.distributed import (
@@ -134,11 +134,12 @@ class FoldTrainer:
         self.train_data, self.consistency = self.dataset, None
         steps = steps_per_epoch(len(data.train_labels), cfg.batch_size)
         if data.unlabeled is not None:
+            check_unlabeled_batch(cfg.batch_size, cfg.consistency_ratio, self.dist)
             self.train_data = SemiBatches(self.dataset, data.unlabeled, data.unlabeled_truth,
                                           build_transforms(cfg.consistency_augment, flips, size_hw))
-            # The weak view: flips (as trained) and a small shift, whatever the labelled pipeline is.
-            self.consistency = Consistency(cfg.consistency_weight, cfg.consistency_threshold,
-                                           build_batch_augment("light", flips, cfg.augment_fill), rt.device)
+            # The weak view is the light warp with the flips the model trains with, whatever the labelled pipeline.
+            weak = build_batch_augment("light", trained_flips(cfg.augment, flips), cfg.augment_fill)
+            self.consistency = Consistency(cfg.consistency_weight, cfg.consistency_threshold, weak, rt.device)
             steps = semi_steps(len(data.train_labels), len(data.unlabeled), cfg.batch_size, cfg.consistency_ratio)
         self.schedule = build_schedule(cfg, steps)
         self.mixup = None
@@ -266,9 +267,11 @@ class FoldTrainer:
         if self.dist.enabled:  # every rank's mean loss over its equal share of each batch
             stats["train_loss"] = float(np.mean(gather_objects(stats["train_loss"], self.dist)))
             stats["images_per_s"] *= self.dist.world_size
-        semi = {}
+        consistency_stats = {}
         if self.consistency is not None:  # counted over every rank's share
-            semi = epoch_stats(np.sum(gather_objects(self.consistency.counts.tolist(), self.dist), axis=0))
+            counts = gather_objects([self.consistency.images, *self.consistency.counts.tolist()], self.dist)
+            total = np.sum(counts, axis=0)
+            consistency_stats = epoch_stats(int(total[0]), total[1:])
         if not math.isfinite(stats["train_loss"]):
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
@@ -277,7 +280,7 @@ class FoldTrainer:
         metrics = compute_metrics(self.data.val_labels, probs)
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_name,  # the head's
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
-               **semi, "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
+               **consistency_stats, "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}
         self.step += stats["steps"]
         return broadcast_object(row, self.dist)  # rank 0's numbers drive every rank's decisions

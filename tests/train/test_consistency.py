@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.train.consistency import Consistency, SemiSampler, epoch_stats, semi_steps
+from src.core.errors import UserError
+from src.train.consistency import Consistency, SemiSampler, check_unlabeled_batch, epoch_stats, semi_steps
 from src.train.distributed import Dist
 
 from helpers import REPO, TINY, kill_after_epoch, log_metrics, make_competition, run_script, train
@@ -39,53 +40,56 @@ def test_under_ddp_each_rank_takes_its_share_of_both_parts_of_every_global_batch
         assert (np.concatenate([ranks[0][step][1], ranks[1][step][1]]) == u_rows).all()
 
 
-class FixedLogits(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.tensor(logits)
-
-    def forward(self, x):
-        return self.logits[: len(x)]
-
-
 def test_only_weak_predictions_at_or_above_the_threshold_become_targets():
     # softmax confidences: 0.954 (class 0), 0.478 (class 1), 0.963 (class 2; the truth says 1), 0.987 (no truth)
-    logits = [[4.0, 0.0, 0.5], [0.0, 1.0, 0.68], [0.0, 0.1, 4.0], [5.0, 0.0, 0.0]]
+    weak = torch.tensor([[4.0, 0.0, 0.5], [0.0, 1.0, 0.68], [0.0, 0.1, 4.0], [5.0, 0.0, 0.0]])
+    strong = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [0.5, 0.5, 0.0]], requires_grad=True)
     consistency = Consistency(weight=2.0, threshold=0.95, weak_augment=None, device=torch.device("cpu"))
-    target, mask = consistency.targets(FixedLogits(logits), torch.zeros(4, 2, 2, 1), torch.tensor([0, 1, 1, -1]),
-                                       lambda u, augment: u.float())
-    confidence = torch.softmax(torch.tensor(logits), 1).max(1).values
-    assert (mask == (confidence >= 0.95).float()).all() and mask.tolist() == [1.0, 0.0, 1.0, 1.0]
-    assert target.tolist() == [0, 1, 2, 0]
-    strong = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0], [0.5, 0.5, 0.0]])
-    loss = consistency.loss(strong, target, mask)
-    expected = 2.0 * (F.cross_entropy(strong, target, reduction="none") * mask).sum() / 4  # the unconfident count 0
-    assert loss.item() == pytest.approx(expected.item())
-    stats = epoch_stats(consistency.counts)
+    loss = consistency.loss(weak, strong, torch.tensor([0, 1, 1, -1]))
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    assert ((torch.softmax(weak, 1).max(1).values >= 0.95).float() == mask).all()
+    expected = 2.0 * (F.cross_entropy(strong, torch.tensor([0, 1, 2, 0]), reduction="none") * mask).sum() / 4
+    assert loss.item() == pytest.approx(expected.item())  # the unconfident image counts as zero, not left out
+    loss.backward()
+    assert strong.grad[1].abs().sum() == 0 and strong.grad[0].abs().sum() > 0
+    stats = epoch_stats(consistency.images, consistency.counts)
     assert stats["mask_rate"] == 0.75
     assert stats["pseudo_accuracy"] == 0.5  # of the confident ones with a known truth: right, wrong
     assert stats["unlabeled_loss"] == pytest.approx(expected.item() / 2)
 
 
-def with_unlabeled(tmp_path):
-    """A tiny competition (3 classes x 6) with 2 folds and an unlabeled/ folder of 9 new images."""
-    data = make_competition(tmp_path / "comp")
+def test_the_unlabelled_batch_must_split_evenly_over_the_processes_with_two_images_each():
+    check_unlabeled_batch(32, 1.0, Dist())
+    check_unlabeled_batch(32, 0.25, Dist(rank=0, world_size=2))  # 8 images, 4 per process
+    with pytest.raises(UserError, match="gives 7 unlabelled images per step; it needs a multiple of 2"):
+        check_unlabeled_batch(14, 0.5, Dist(rank=0, world_size=2))
+    with pytest.raises(UserError, match="at least 2"):
+        check_unlabeled_batch(32, 0.01, Dist())
+
+
+def with_unlabeled(tmp_path, holdout=False):
+    """A tiny competition (3 classes x 6; x 9 with a holdout of 9) with 2 folds and an unlabeled/ folder of 9 new
+    images."""
+    data = make_competition(tmp_path / "comp", per_class=9 if holdout else 6)
     extra = make_competition(tmp_path / "extra", seed=1, per_class=3)
     (data / "unlabeled").mkdir()
     for path in (extra / "train").glob("*.png"):
         shutil.copy(path, data / "unlabeled" / f"u_{path.name}")
     folds = tmp_path / "folds.csv"
-    proc = run_script("make_folds.py", "--data-dir", str(data), "--n-folds", "2", "--out", str(folds), "--quiet")
+    proc = run_script("make_folds.py", "--data-dir", str(data), "--n-folds", "2", "--out", str(folds), "--quiet",
+                      *(["--holdout", "0.34"] if holdout else []))
     assert proc.returncode == 0, proc.stderr
     return data, folds
 
 
 @pytest.mark.slow
 def test_a_copy_of_a_validation_image_never_enters_that_fold_s_unlabelled_stream(tmp_path):
-    data, folds = with_unlabeled(tmp_path)
+    data, folds = with_unlabeled(tmp_path, holdout=True)
     fold_of = pd.read_csv(folds).set_index("image")["fold"]
-    copied = fold_of[fold_of == 0].index[0]  # validation in fold 0, training in fold 1
+    copied = fold_of[fold_of == "0"].index[0]  # validation in fold 0, training in fold 1
     shutil.copy(data / "train" / f"{copied}.png", data / "unlabeled" / "looks_new.png")
+    held = fold_of[fold_of == "holdout"].index[0]  # a holdout image under another name: out of every fold's stream
+    shutil.copy(data / "train" / f"{held}.png", data / "unlabeled" / "looks_new_too.png")
     runs = tmp_path / "runs"
     proc = run_script("train.py", "--data-dir", str(data), "--folds-csv", str(folds), "--runs-dir", str(runs),
                       "--fold", "all", *TINY, "--batch-size", "4", "--consistency-weight", "1")
@@ -94,9 +98,10 @@ def test_a_copy_of_a_validation_image_never_enters_that_fold_s_unlabelled_stream
               for k in (0, 1)]
     assert [r["rows"] for r in record] == [9, 10]
     assert [r["copies_of_validation_rows_left_out"] for r in record] == [1, 0]
+    assert [r["copies_of_holdout_rows_left_out"] for r in record] == [1, 1]
     assert record[0]["folders"] == ["unlabeled"] and record[0]["transductive"] is False
-    assert "fold 0: consistency training on 9 unlabelled images from unlabeled; 1 copies of its validation" \
-        in proc.stdout
+    assert "fold 0: consistency training on 9 unlabelled images from unlabeled; 1 copies of its validation images " \
+           "left out; 1 copies of its holdout images left out; 2 steps per epoch" in proc.stdout
     # The defaults: label smoothing 0.1 over 3 classes trains confidences toward 0.933, below the 0.95 threshold.
     assert "note: consistency_threshold 0.95 is above the 0.933 a label_smoothing 0.1 loss" in proc.stdout
     log = pd.read_csv(runs / "baseline" / "fold0" / "log.csv")
@@ -111,6 +116,9 @@ def test_bad_consistency_input_is_one_line_exit_2_and_writes_no_run(tmp_path):
     runs = tmp_path / "runs"
     base = ["--data-dir", str(data), "--folds-csv", str(folds), "--runs-dir", str(runs), "--fold", "0", *TINY]
     cases = [(["--consistency-weight", "1", "--unlabeled-dir", "nowhere"], "folder of unlabelled images not found"),
+             (["--consistency-weight", "1", "--unlabeled-dir", str(tmp_path)], "must name a folder inside"),
+             (["--consistency-weight", "1", "--unlabeled-dir", "test"], "say so with --unlabeled-test"),
+             (["--consistency-weight", "1", "--consistency-ratio", "0.01"], "at least 2"),
              (["--consistency-weight", "1", "--unlabeled-dir", "empty"], "no images in empty"),
              (["--consistency-weight", "1", "--unlabeled-dir", "train"], "is a labelled training image"),
              (["--consistency-weight", "1", "--consistency-threshold", "1.5"], "consistency_threshold"),
