@@ -150,9 +150,16 @@ HELP = {
 }
 
 
-# Keys added with augment_fill (2026-12-07): a complete config from before it lacks them too.
-FILL_ERA_KEYS = ("consistency_weight", "consistency_threshold", "consistency_ratio", "consistency_augment",
-                 "unlabeled_dir", "unlabeled_test")
+# Keys every saved config has held since the first version (frozen: later keys must not change the rule). A
+# config naming all of them without augment_fill is a saved run from before that key.
+SAVED_CONFIG_KEYS = frozenset(
+    "amp augment backbone_lr_mult batch_size channels_last class_weights data_dir deterministic device drop_rate "
+    "ema_decay epochs exp flips focal_gamma folds_csv freeze_epochs id_col image_dir image_size_px label_col "
+    "label_smoothing loss loss_switch_epoch lr lr_min_ratio lr_step_epochs lr_step_gamma lr_warmup_epochs min_delta "
+    "model momentum monitor monitor_mode num_workers optimizer patience_epochs plateau_factor "
+    "plateau_patience_epochs pretrained pseudo pseudo_soft resize_interp runs_dir scheduler seed sync_batchnorm "
+    "synthetic synthetic_only synthetic_per_class synthetic_ratio synthetic_unfiltered tensorboard threads "
+    "train_csv weight_decay".split())
 
 
 @dataclass
@@ -250,8 +257,7 @@ class TrainConfig(DataFields):
         default."""
         legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "auto", False: "off"}}
         values = {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
-        before_fill = {f.name for f in fields(cls)} - {"augment_fill", *FILL_ERA_KEYS}
-        if "augment_fill" not in values and values.get("augment") == "light" and before_fill <= set(values):
+        if "augment_fill" not in values and values.get("augment") == "light" and SAVED_CONFIG_KEYS <= set(values):
             values["augment_fill"] = "zeros"
         return values
 
