@@ -1,7 +1,7 @@
 """train.py's typed config: every field is a flag, a config-file key and part of config.json."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 from src.core.config import INF, check_fields, clip_warmup
