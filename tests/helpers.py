@@ -132,14 +132,17 @@ def kill_after_epoch(cmd: list[str], last, epoch: int) -> tuple[int, str]:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"}, start_new_session=True)
     started = time.time()
-    reached = False
+    reached, seen = False, None
     try:
         while time.time() < started + 120 and proc.poll() is None and not reached:
             time.sleep(0.02)
             os.killpg(proc.pid, signal.SIGSTOP)
             time.sleep(0.005)  # SIGSTOP is asynchronous: let every process of the group stop
             with contextlib.suppress(RuntimeError, EOFError, OSError):  # caught mid-rename: look again
-                reached = last.exists() and torch.load(last, weights_only=True)["epoch"] >= epoch
+                stamp = last.stat().st_mtime_ns if last.exists() else None
+                if stamp is not None and stamp != seen:  # read last.pt only when it was rewritten
+                    reached = torch.load(last, weights_only=True)["epoch"] >= epoch
+                    seen = stamp
             if reached:
                 proc.send_signal(signal.SIGTERM)  # delivered the moment the group runs again
             os.killpg(proc.pid, signal.SIGCONT)
