@@ -18,7 +18,6 @@ test/ and solution.csv. Everything is written under --work (runs, weights, pseud
 """
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 
+from bench.kit_vs_notebook import run  # one timed, fail-fast step runner for the benches
 from src.core.atomic import write_csv, write_text
 from src.core.cli import build_parser, run_main
 from src.core.errors import UserError
 from src.core.repro import cpu_name
 from src.core.tables import markdown_table
 
-REPO = Path(__file__).resolve().parent.parent
 SCORES = ("oof_accuracy_final", "holdout_accuracy", "public", "private")
 
 
@@ -55,16 +54,6 @@ def parse_args():
     parser.add_argument("--out", default="", help="write the table here (Markdown) and a .csv beside it")
     parser.add_argument("--quick", action="store_true", help="1 epoch per stage, 1 pseudo round: checks it runs")
     return parser.parse_args()
-
-
-def run(cmd: list[str]) -> float:
-    """Run one command; its wall seconds. A failing command stops the bench with its last error line."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}): {last}")
-    return time.perf_counter() - start
 
 
 def lb_scores(path: Path) -> dict:
