@@ -26,3 +26,11 @@ def test_recipe_bench_quick_mode_runs_every_stage_and_writes_one_table(demo, tmp
     assert (table["wall_s"] > 0).all() and table["cumulative_min"].is_monotonic_increasing
     assert table["cumulative_min"].iloc[-1] * 60 == pytest.approx(table["wall_s"].sum())
     assert "Few-labels recipe" in out.read_text()
+
+
+def test_recipe_bench_without_a_competition_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    proc = run_script("bench/few_labels_recipe.py", "--data-dir", str(tmp_path / "none"), "--work",
+                      str(tmp_path / "work"), "--out", str(tmp_path / "r.md"))
+    assert proc.returncode == 2 and "no train.csv" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "work").exists()
+    assert not (tmp_path / "r.md").exists()
