@@ -114,6 +114,15 @@ def stages(args, work: Path) -> list[dict]:
     return rows
 
 
+def stage_table(rows: list[dict], supervised: bool) -> pd.DataFrame:
+    """The report's table: each stage's scores, wall seconds and the recipe's minutes so far; the supervised
+    yardstick (the first row when run) is not part of the recipe, so it has no running total and adds to none."""
+    table = pd.DataFrame(rows)
+    recipe = table.iloc[1:] if supervised else table
+    table["cumulative_min"] = recipe["wall_s"].cumsum() / 60
+    return table.reindex(columns=["stage", *SCORES, "wall_s", "cumulative_min"]).dropna(axis=1, how="all")
+
+
 def quick_config(work: Path) -> Path:
     """One epoch for the pseudo rounds' retraining in --quick (the rounds otherwise keep the stage's config)."""
     path = work / "quick_retrain.yaml"
@@ -129,11 +138,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    table = pd.DataFrame(stages(args, work))
-    table["cumulative_min"] = table["wall_s"].cumsum() / 60
-    if args.supervised:  # the yardstick is not part of the recipe's time
-        table.loc[1:, "cumulative_min"] -= table.loc[0, "wall_s"] / 60
-    table = table.reindex(columns=["stage", *SCORES, "wall_s", "cumulative_min"]).dropna(axis=1, how="all")
+    table = stage_table(stages(args, work), args.supervised)
     text = (f"# Few-labels recipe: {args.data_dir}\n\nseed {args.seed}; machine: {cpu_name()}; the whole sitting "
             f"{time.perf_counter() - start:.0f} s; `cumulative_min` is the recipe's time so far (the supervised "
             f"yardstick not counted).\n\n{markdown_table(table, 4)}\n")

@@ -41,7 +41,7 @@ from src.train.cpu_speed import describe, resolve_cpu_speed
 from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
-from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
+from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer, needs_every_score
 from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
 from src.train.oof_summary import counted_folds, summarize_oof, summary_text, validation_readers
 
@@ -170,10 +170,12 @@ def fold_unlabeled(cfg: TrainConfig, k: int, unlabeled: UnlabeledImages, val_ima
 
 
 def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite: bool = False,
-                quiet: bool = False, fold_source: str = "--fold", on_epoch=None) -> list[dict]:
+                quiet: bool = False, fold_source: str = "--fold", on_epoch=None,
+                validate_last_only: bool = False) -> list[dict]:
     """Train each requested fold; returns one metrics dict per fold and prints the OOF summary. Under
     torchrun every process runs this; rank 0 alone prints and writes files. `on_epoch(fold, row)` is called
-    after every epoch (FoldTrainer.fit)."""
+    after every epoch (FoldTrainer.fit). `validate_last_only` (tune.py's cheap trials) scores the validation
+    rows after the last epoch alone, unless the plateau scheduler or early stopping need every epoch's score."""
     signal.signal(signal.SIGTERM, raise_interrupt)  # a scheduler's kill ends like Ctrl-C: last.pt is intact
     table, fold_of, folds_path = load_labelled(cfg)
     hub = resolve_hub(cfg.model, cfg.pretrained) if is_hub(cfg.pretrained) else None
@@ -186,16 +188,18 @@ def train_folds(cfg: TrainConfig, fold_arg: str, resume: bool = False, overwrite
     rt = setup_runtime(cfg, distributed=True)
     try:
         if rt.dist.is_main:
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source, hub, on_epoch)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, quiet, fold_source, hub, on_epoch,
+                                validate_last_only)
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source, hub)
+            return _train_folds(cfg, table, fold_of, folds_path, folds, actions, rt, True, fold_source, hub,
+                                validate_last_only=validate_last_only)
     finally:
         shutdown()
 
 
 def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds_path: Path, folds: list[int],
                  actions: dict, rt, quiet: bool, fold_source: str, hub: HubWeights | None,
-                 on_epoch=None) -> list[dict]:
+                 on_epoch=None, validate_last_only: bool = False) -> list[dict]:
     n_folds = int(fold_of.max()) + 1
     processes = f" x {rt.dist.world_size} processes" if rt.dist.enabled else ""
     if fold_source not in ("--fold", "default"):
@@ -243,6 +247,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             # Which rows trained this fold, so anyone can check that no validation id is among them.
             write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
         barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
+        trainer.validate_last_only = validate_last_only and not needs_every_score(cfg)
         trainer.fit(quiet, on_epoch)
         results.append(trainer.write_oof())
     if rt.dist.is_main:

@@ -15,7 +15,7 @@ from timm.utils import ModelEmaV3
 
 from src.core.config import config_differences, config_to_dict
 from src.core.errors import UserError
-from src.core.metrics import compute_metrics, monitor_direction
+from src.core.metrics import compute_metrics, metric_names, monitor_direction
 from src.core.repro import derived_seed, rng_state, seed_everything, set_rng_state
 from src.core.rundir import CHECKPOINT_FORMAT, OOF_FINAL, load_checkpoint, save_checkpoint, write_log, write_oof
 from src.data.augment import build_batch_augment, build_transforms, resolve_flips, trained_flips
@@ -95,6 +95,11 @@ class DataInfo:
                 "fingerprint": self.fingerprint, "input_size_px": self.input_size_px}
 
 
+def needs_every_score(cfg: TrainConfig) -> bool:
+    """The plateau scheduler and early stopping act on every epoch's validation score."""
+    return cfg.scheduler == "plateau" or cfg.patience_epochs > 0
+
+
 class FoldTrainer:
     """Owns model, optimiser and schedule state for one fold, so it can be checkpointed and resumed whole."""
 
@@ -155,6 +160,7 @@ class FoldTrainer:
         if self.dist.rank:  # each rank its own dropout masks
             seed_everything(derived_seed(cfg.seed, fold, -1, self.dist.rank))
         self.epoch, self.step, self.log, self.finished = 0, 0, [], False
+        self.validate_last_only = False
         self.last_plot_time = time.monotonic()
 
     def check_forward(self) -> None:
@@ -277,14 +283,21 @@ class FoldTrainer:
             last = f"epoch {self.epoch - 1}" if self.epoch else "none yet"
             raise NonFiniteLoss(f"fold {self.fold} epoch {self.epoch}: training loss is {stats['train_loss']}; "
                                 f"lower --lr or check the data (last good checkpoint: {last})")
-        probs = self.predict_val()
-        metrics = compute_metrics(self.data.val_labels, probs)
+        if self.validates(self.epoch):
+            metrics = compute_metrics(self.data.val_labels, self.predict_val())
+        else:  # the validation pass would cost more than the epoch's training in a cheap tune trial
+            metrics = dict.fromkeys(metric_names(len(self.info.classes)), float("nan"))
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_name,  # the head's
                "train_loss": stats["train_loss"], **{f"val_{k}": v for k, v in metrics.items()},
                **consistency_stats, "seconds": time.perf_counter() - start, "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images_per_s"]}
         self.step += stats["steps"]
         return broadcast_object(row, self.dist)  # rank 0's numbers drive every rank's decisions
+
+    def validates(self, epoch: int) -> bool:
+        """Whether `epoch` is scored on the validation rows: every epoch, unless validate_last_only (tune.py's
+        multi-fidelity trials, scored on their final weights alone) and nothing reads the per-epoch score."""
+        return not self.validate_last_only or epoch == self.cfg.epochs - 1
 
     def predict_val(self) -> np.ndarray:
         """Validation probabilities in row order; under DDP each rank predicts its share with rank 0's weights."""
@@ -373,8 +386,10 @@ class FoldTrainer:
         barrier(self.dist)  # rank 0 has written best.pt
         final = self.predict_val()  # eval_model still holds the last epoch's weights (EMA when kept)
         best = load_checkpoint(self.run_dir / "best.pt")
-        self.eval_model.load_state_dict(best["model"])
-        probs = self.predict_val()
+        probs = final
+        if best["epoch"] != self.epoch - 1:  # else best.pt holds the final weights: no second pass
+            self.eval_model.load_state_dict(best["model"])
+            probs = self.predict_val()
         if self.dist.is_main:
             write_oof(self.run_dir, self.data.val_ids, self.data.val_labels, final, self.info.classes, self.fold,
                       OOF_FINAL)

@@ -88,14 +88,17 @@ def promotions(study: optuna.Study, rung: int, maximize: bool, at_least_one: boo
 
 class Planner:
     """When a trial of each rung may start: a full run's seconds are measured (the base config's first run) and
-    every rung costs its share of that; a cheap trial starts only if the promotions it would need still fit."""
+    every rung costs its share of that, or what its runs so far took when that is more (a run's fixed costs, such
+    as building the model and writing its reports, do not shrink with its fidelity); a cheap trial starts only if
+    the promotions it would need still fit."""
 
     def __init__(self, deadline: float | None, reserve_s: float = 0.0, rungs: int = RUNGS, eta: int = ETA):
         self.deadline, self.reserve_s, self.rungs, self.eta = deadline, reserve_s, rungs, eta
         self.full_s: float | None = None
+        self.observed_s: dict[int, float] = {}  # rung -> mean seconds of its complete runs
 
     def seconds(self, rung: int) -> float:
-        return (self.full_s or 0.0) * cost_share(rung, self.rungs, self.eta)
+        return max((self.full_s or 0.0) * cost_share(rung, self.rungs, self.eta), self.observed_s.get(rung, 0.0))
 
     def fits(self, rung: int, then_promote: bool = False) -> bool:
         """Whether a trial of `rung` (and, with `then_promote`, one run at each higher rung after it, as a bracket

@@ -42,14 +42,15 @@ def trained_config(trial: optuna.trial.FrozenTrial) -> TrainConfig:
     return config_from_dict(trial.user_attrs["config"], TrainConfig, source=f"trial {trial.number}")
 
 
-def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None) -> list[dict]:
+def train_logged(cfg: TrainConfig, folds: list[int], quiet: bool, fold_source: str, on_epoch=None,
+                 validate_last_only: bool = False) -> list[dict]:
     """Train `folds` of `cfg` with the trainer's lines in <runs_dir>/<exp>/train.log (the console gets one line
     per trial); each fold's metrics, of best.pt and (final_...) of the final weights."""
     run = Path(cfg.runs_dir) / cfg.exp
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "train.log", "w") as log, contextlib.redirect_stdout(log):
         results = train_folds(cfg, ",".join(map(str, folds)), overwrite=True, quiet=quiet, fold_source=fold_source,
-                              on_epoch=on_epoch)
+                              on_epoch=on_epoch, validate_last_only=validate_last_only)
     return results
 
 
@@ -68,8 +69,9 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
     try:
+        # With halving nothing prunes between epochs and the final weights are the score: one validation pass.
         results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg,
-                                                                            RunningMean()))
+                                                                            RunningMean()), job.halving)
         if cfg.monitor == "accuracy" and job.val_rows:  # what best_trial needs to tell a tie (src/tune/report.py)
             trial.set_user_attr("one_image", 1 / job.val_rows)  # the mean over folds of per-fold accuracies
         trial.set_user_attr("best_epoch_value", fold_mean(results, cfg.monitor))  # optimistic; shown, never used
@@ -181,10 +183,14 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
     top = RUNGS - 1
 
     def measure_full() -> None:
-        full = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if is_full(t) and t.duration]
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.duration]
+        full = [t.duration.total_seconds() for t in done if is_full(t)]
         planner.full_s = max(full) if full else None
         planner.reserve_s = (planner.full_s or 0.0) * holdout_folds / len(job.folds)
+        for rung in range(top):
+            took = [t.duration.total_seconds() for t in done if rung_of(t) == rung]
+            if took:
+                planner.observed_s[rung] = float(np.mean(took))
 
     def due(force: bool) -> tuple[int, FrozenTrial] | None:
         for rung in range(top, 0, -1):

@@ -1,9 +1,11 @@
 """bench/few_labels_recipe.py keeps running: its quick mode end to end, every stage in the table (numbers are
-not checked: one epoch)."""
+not checked: one epoch), and its table's running total."""
+import importlib.util
+
 import pandas as pd
 import pytest
 
-from helpers import TINY, run_script
+from helpers import REPO, TINY, run_script
 
 
 @pytest.mark.slow
@@ -34,3 +36,16 @@ def test_recipe_bench_without_a_competition_is_one_line_exit_2_and_writes_nothin
     assert proc.returncode == 2 and "no train.csv" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "work").exists()
     assert not (tmp_path / "r.md").exists()
+
+
+def test_the_supervised_yardstick_has_no_running_total_and_adds_to_none():
+    spec = importlib.util.spec_from_file_location("few_labels_recipe", REPO / "bench" / "few_labels_recipe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"stage": "supervised", "wall_s": 60.0, "private": 0.8}, {"stage": "ssl", "wall_s": 120.0},
+            {"stage": "consistency", "wall_s": 240.0, "private": 0.97}]
+    table = bench.stage_table(rows, supervised=True)
+    assert table["cumulative_min"].isna().tolist() == [True, False, False]
+    assert table["cumulative_min"].iloc[1:].tolist() == [2.0, 6.0]
+    assert bench.stage_table(rows, supervised=False)["cumulative_min"].tolist() == [1.0, 3.0, 7.0]
+    assert "holdout_accuracy" not in table.columns  # no stage scored it: no empty column

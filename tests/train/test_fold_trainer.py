@@ -186,3 +186,28 @@ def test_a_monitor_that_is_nan_every_epoch_still_leaves_best_pt_and_oof(tmp_path
     result = trainer.write_oof()
     assert result["best_epoch"] == 1 and (tmp_path / "oof.csv").is_file()
     assert "roc_auc was NaN in every epoch" in capsys.readouterr().out
+
+
+def test_validating_the_last_epoch_alone_trains_the_same_weights_and_scores_them_once(tmp_path, monkeypatch):
+    every = make_trainer(tmp_path / "every", epochs=3)
+    every.fit(quiet=True)
+    last = make_trainer(tmp_path / "last", epochs=3)
+    last.validate_last_only = True
+    passes = []
+    predict = last.predict_val
+    monkeypatch.setattr(last, "predict_val", lambda: passes.append(last.epoch) or predict())
+    last.fit(quiet=True)
+    assert passes == [2]  # the last epoch only
+    assert all(np.isnan(row["val_accuracy"]) for row in last.log[:2])
+    assert last.log[2]["val_accuracy"] == every.log[2]["val_accuracy"]
+    result = last.write_oof()  # one pass (after epoch 2): best.pt is the last epoch, its OOF reuses the final one
+    assert passes == [2, 3] and result["best_epoch"] == 2 and result["accuracy"] == result["final_accuracy"]
+    final = {k: v for k, v in every.write_oof().items() if k.startswith("final_")}
+    assert final == {k: v for k, v in result.items() if k.startswith("final_")}
+
+
+def test_early_stopping_or_the_plateau_scheduler_keep_every_epochs_score(tmp_path):
+    from src.train.fold_trainer import needs_every_score
+    assert not needs_every_score(make_trainer(tmp_path / "a").cfg)
+    assert needs_every_score(make_trainer(tmp_path / "b", patience_epochs=2).cfg)
+    assert needs_every_score(make_trainer(tmp_path / "c", scheduler="plateau").cfg)

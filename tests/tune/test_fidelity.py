@@ -129,3 +129,29 @@ def test_a_pruner_with_halving_is_refused_in_one_line(demo, tmp_path):
                       str(tmp_path / "runs"), "--trials", "1", "--pruner", "median")
     assert proc.returncode == 2 and "--fidelity halving already stops weak configs" in proc.stderr
     assert not (tmp_path / "runs" / "tune").exists() or not list((tmp_path / "runs" / "tune").rglob("trial*"))
+
+
+def test_the_planner_sizes_a_rung_by_what_its_runs_took_when_that_is_more_than_its_share():
+    planner = Planner(deadline=time.monotonic() + 100)
+    planner.full_s = 90.0
+    assert planner.fits(0, then_promote=False) and planner.seconds(0) == pytest.approx(10.0)
+    planner.observed_s[0] = 30.0  # fixed costs per run: a 1/9 run took a third of a full one
+    assert planner.seconds(0) == 30.0 and planner.seconds(1) == pytest.approx(30.0)
+    planner.observed_s[0] = 5.0  # cheaper than its share: the share stands
+    assert planner.seconds(0) == pytest.approx(10.0)
+
+
+def test_halving_trials_validate_their_last_epoch_alone_and_full_schedule_trials_every_epoch(tmp_path, monkeypatch):
+    for halving in (True, False):
+        modes = []
+
+        def train_logged(cfg, folds, quiet, fold_source, on_epoch=None, validate_last_only=False):
+            modes.append(validate_last_only)
+            return [{"accuracy": 0.5, "final_accuracy": 0.5}]
+
+        monkeypatch.setattr(trials, "train_logged", train_logged)
+        job = halving_job(tmp_path / str(halving), halving=halving)
+        study = open_study(job, f"sqlite:///{tmp_path / f'{halving}.db'}", resume=False,
+                           pruner="none" if halving else "median")
+        run_trials(study, job, n_trials=2)
+        assert modes == [halving, halving]

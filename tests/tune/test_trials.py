@@ -34,7 +34,7 @@ def job_for(tmp_path, space: dict | None = None, folds=(0,), **base) -> TuneJob:
 def fake_training(results_for, calls: list | None = None):
     """A stand-in for trials.train_logged: reports each epoch of each fold through on_epoch, then returns the results
     `results_for(cfg)` gives (a list per fold of {metric: value}), or raises what it returns."""
-    def train_logged(cfg, folds, quiet, fold_source, on_epoch=None):
+    def train_logged(cfg, folds, quiet, fold_source, on_epoch=None, validate_last_only=False):
         outcome = results_for(cfg)
         if calls is not None:
             calls.append(cfg)
