@@ -74,8 +74,12 @@ def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: P
 
 
 def leaderboard(name: str, opt: PseudoOptions) -> dict:
+    """Each round's submission and score from its final weights, the ones that label the next round: with few
+    labels best.pt's epoch is chosen on a handful of validation rows (at 20 per fold it lost 1-2 pp on the demo's
+    test digits, docs/results.md)."""
     return make_submission(InferOptions(exps=[name], runs_dir=opt.runs_dir, tta=opt.tta, name=name,
-                                        out_dir=opt.submissions_dir, device=opt.device, quiet=opt.quiet))
+                                        out_dir=opt.submissions_dir, device=opt.device, weights="final",
+                                        quiet=opt.quiet))
 
 
 def run_rounds(opt: PseudoOptions) -> pd.DataFrame:
@@ -134,6 +138,7 @@ def write_report(opt: PseudoOptions, report: pd.DataFrame, per_class: pd.DataFra
             f"{opt.balanced}, {'soft' if opt.soft else 'hard'} labels, "
             f"images from {opt.unlabeled_dir}{' and ' + opt.test_dir if opt.use_test else ''}; pseudo-labels per "
             f"fold from that fold's own model; selected and accuracy are means over folds.", "",
-            "oof_accuracy_final: the pooled OOF accuracy of each round's final weights (nothing chosen on those rows).", "",
+            "oof_accuracy_final: the pooled OOF accuracy of each round's final weights (nothing chosen on those rows); "
+            "public / private: the submission of those final weights (infer.py --weights final).", "",
             markdown_table(report), "", "## Per class (mean over folds)", "", markdown_table(mean_per_class, 3), ""]
     write_text(folder / f"pseudo_{prefix}.md", "\n".join(text))

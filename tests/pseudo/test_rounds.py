@@ -29,6 +29,8 @@ def test_round_writes_per_fold_pseudo_labels_report_and_submission(rounds):
     assert report["pseudo_accuracy"].iloc[1] >= 0  # the demo knows the unlabelled digits' labels
     assert (rounds / "reports" / "pseudo_tiny.md").read_text().startswith("# Pseudo-labelling")
     assert (rounds / "subs" / "tiny-pl1.csv").is_file()
+    for name in ("tiny", "tiny-pl1"):  # scored from the weights that label, not best.pt's
+        assert json.loads((rounds / "subs" / f"{name}_lb.json").read_text())["weights"] == "final"
     for k in range(5):
         frame = pd.read_csv(rounds / "pseudo" / "tiny-pl1" / f"fold{k}" / "pseudo.csv", dtype=str)
         assert frame["id"].str.startswith("unlabeled_small/").all()
