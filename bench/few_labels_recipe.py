@@ -4,7 +4,7 @@ The stages are the commands README's "Few labels" section gives a user, run as a
   ssl          python pretrain.py --data-dir D --exp <exp>-ssl        (SimCLR on the competition's own pixels)
   consistency  python train.py --config configs/fewlabels.yaml --data-dir D --pretrained .../backbone.pt
                    --exp <exp> --fold all  +  python infer.py --exp <exp> --weights final
-  pseudo       python pseudo_label.py --exp <exp> --rounds R --threshold 0 --max-per-class 150,300
+  pseudo       (--rounds R) python pseudo_label.py --exp <exp> --rounds R --threshold 0 --max-per-class 150,300
                    (class-balanced top-k pseudo-labels; each round retrains every fold with consistency training)
 With --supervised the same folds are also trained on the labelled rows alone (train.py's defaults, or
 --supervised-args) as the yardstick. Scores per stage: the final-epoch OOF accuracy (few rows: noisy), the
@@ -15,7 +15,7 @@ on the demo at 10 labels per class it lost 0.3-1.6 pp). Everything is written un
     python bench/few_labels_recipe.py --data-dir data/mnist5k_lpc10 --out bench/few_labels_recipe_lpc10.md
     python bench/few_labels_recipe.py --data-dir data/trashnet_l10 --supervised \\
         --train-args="--image-size-px 64" --pretrain-args="--image-size-px 64"
-    python bench/few_labels_recipe.py --data-dir DIR --quick   # 1 epoch per stage, 1 round: checks it runs
+    python bench/few_labels_recipe.py --data-dir DIR --quick --rounds 1   # 1 epoch per stage: checks it runs
 """
 import json
 import shlex
@@ -45,7 +45,9 @@ def parse_args():
     parser.add_argument("--unlabeled-dir", default="unlabeled", help="unlabelled image folder inside --data-dir")
     parser.add_argument("--seed", type=int, default=42, help="--seed of every stage")
     parser.add_argument("--no-ssl", action="store_true", help="skip pretraining (the recipe without SSL init)")
-    parser.add_argument("--rounds", type=int, default=2, help="pseudo-label rounds (0: none)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="class-balanced pseudo-label rounds after consistency training (one earned nothing on "
+                             "the demo at 10 labels per class)")
     parser.add_argument("--max-per-class", default="150,300", help="pseudo_label.py --max-per-class")
     parser.add_argument("--supervised", action="store_true", help="also train on the labelled rows alone")
     parser.add_argument("--pretrain-args", default="", help="more pretrain.py flags, one quoted string")
@@ -53,7 +55,7 @@ def parse_args():
     parser.add_argument("--supervised-args", default="", help="more train.py flags for the supervised yardstick")
     parser.add_argument("--pseudo-args", default="", help="more pseudo_label.py flags, one quoted string")
     parser.add_argument("--out", default="", help="write the table here (Markdown) and a .csv beside it")
-    parser.add_argument("--quick", action="store_true", help="1 epoch per stage, 1 pseudo round: checks it runs")
+    parser.add_argument("--quick", action="store_true", help="1 epoch per stage, at most 1 pseudo round: checks it runs")
     return parser.parse_args()
 
 

@@ -16,7 +16,7 @@ def test_recipe_bench_quick_mode_runs_every_stage_and_writes_one_table(demo, tmp
     assert proc.returncode == 0, proc.stderr
     tiny = " ".join(x for x in TINY if x not in ("--epochs", "2"))
     out = tmp_path / "recipe.md"
-    proc = run_script("bench/few_labels_recipe.py", "--data-dir", str(demo["data"]), "--quick",
+    proc = run_script("bench/few_labels_recipe.py", "--data-dir", str(demo["data"]), "--quick", "--rounds", "1",
                       "--unlabeled-dir", "unlabeled_small", "--work", str(tmp_path / "work"), "--out", str(out),
                       f"--train-args=--folds-csv {folds} {tiny}",
                       f"--pretrain-args=--folds-csv {folds} --batch-size 32 --no-include-test")
