@@ -41,7 +41,7 @@ from src.train.cpu_speed import describe, resolve_cpu_speed
 from src.train.diagnostics import write_diagnostics
 from src.train.distributed import barrier, shutdown
 from src.train.engine import setup_runtime
-from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer, needs_every_score
+from src.train.fold_trainer import DataInfo, FoldData, FoldTrainer
 from src.train.hub import HubWeights, check_hub_weights, is_hub, resolve_hub
 from src.train.oof_summary import counted_folds, summarize_oof, summary_text, validation_readers
 
@@ -247,7 +247,7 @@ def _train_folds(cfg: TrainConfig, table: LabelTable, fold_of: np.ndarray, folds
             # Which rows trained this fold, so anyone can check that no validation id is among them.
             write_csv(trainer.run_dir / "train_rows.csv", pd.DataFrame({"id": trainer.data.train_ids}))
         barrier(rt.dist)  # a replaced run directory is gone before any rank reads or writes in it
-        trainer.validate_last_only = validate_last_only and not needs_every_score(cfg)
+        trainer.validate_last_only = validate_last_only
         trainer.fit(quiet, on_epoch)
         results.append(trainer.write_oof())
     if rt.dist.is_main:

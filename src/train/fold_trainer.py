@@ -297,7 +297,7 @@ class FoldTrainer:
     def validates(self, epoch: int) -> bool:
         """Whether `epoch` is scored on the validation rows: every epoch, unless validate_last_only (tune.py's
         multi-fidelity trials, scored on their final weights alone) and nothing reads the per-epoch score."""
-        return not self.validate_last_only or epoch == self.cfg.epochs - 1
+        return not self.validate_last_only or needs_every_score(self.cfg) or epoch == self.cfg.epochs - 1
 
     def predict_val(self) -> np.ndarray:
         """Validation probabilities in row order; under DDP each rank predicts its share with rank 0's weights."""

@@ -207,7 +207,7 @@ def test_validating_the_last_epoch_alone_trains_the_same_weights_and_scores_them
 
 
 def test_early_stopping_or_the_plateau_scheduler_keep_every_epochs_score(tmp_path):
-    from src.train.fold_trainer import needs_every_score
-    assert not needs_every_score(make_trainer(tmp_path / "a").cfg)
-    assert needs_every_score(make_trainer(tmp_path / "b", patience_epochs=2).cfg)
-    assert needs_every_score(make_trainer(tmp_path / "c", scheduler="plateau").cfg)
+    for name, extra in (("a", {}), ("b", {"patience_epochs": 2}), ("c", {"scheduler": "plateau"})):
+        trainer = make_trainer(tmp_path / name, **extra)
+        trainer.validate_last_only = True
+        assert [trainer.validates(e) for e in range(3)] == ([False, False, True] if not extra else [True] * 3)
