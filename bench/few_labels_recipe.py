@@ -10,7 +10,8 @@ With --supervised the same folds are also trained on the labelled rows alone (tr
 --supervised-args) as the yardstick. Scores per stage: the final-epoch OOF accuracy (few rows: noisy), the
 holdout accuracy where the fold file has a holdout, and the public/private leaderboard where the data folder has
 test/ and solution.csv, all of the final weights (best.pt's epoch would be chosen on a handful of validation rows;
-on the demo at 10 labels per class it lost 0.3-1.6 pp). Everything is written under --work (runs, weights, pseudo-labels, submissions, reports).
+on the demo at 10 labels per class it lost 0.2-1.9 pp on the private rows). Everything is written under --work
+(runs, weights, pseudo-labels, submissions, reports).
 
     python bench/few_labels_recipe.py --data-dir data/mnist5k_lpc10 --out bench/few_labels_recipe_lpc10.md
     python bench/few_labels_recipe.py --data-dir data/trashnet_l10 --supervised \\

@@ -75,8 +75,8 @@ def label_round(predictor: Predictor, ids: list[str], images: np.ndarray, opt: P
 
 def leaderboard(name: str, opt: PseudoOptions) -> dict:
     """Each round's submission and score from its final weights, the ones that label the next round: with few
-    labels best.pt's epoch is chosen on a handful of validation rows (at 20 per fold it lost 1-2 pp on the demo's
-    test digits, docs/results.md)."""
+    labels best.pt's epoch is chosen on a handful of validation rows (at 20 per fold it lost 0.2-1.9 pp on the
+    demo's private test digits, docs/results.md)."""
     return make_submission(InferOptions(exps=[name], runs_dir=opt.runs_dir, tta=opt.tta, name=name,
                                         out_dir=opt.submissions_dir, device=opt.device, weights="final",
                                         quiet=opt.quiet))
