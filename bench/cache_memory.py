@@ -4,7 +4,7 @@ before the cache (every image decoded into one array in memory, in every process
 (--baseline-images); it grows linearly with the set.
 
     python bench/cache_memory.py --images 50000 --size-px 256   # the 9.8 GB set (~15 min on 2 cores)
-    python bench/cache_memory.py --quick                         # 600 images at 64 px: checks the bench runs
+    python bench/cache_memory.py --quick                         # 200 images at 64 px: checks the bench runs
 
 The model is fed at --input-size-px (64 by default, downscaled on the device), so a CPU epoch over 40,000
 images takes minutes; what is measured is the data path. Peak RSS is the script process's own high-water
@@ -123,11 +123,11 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/kit-cache-bench", help="data, cache and runs go here")
     parser.add_argument("--baseline-images", type=int, default=5000,
                         help="images the in-memory baseline decodes (all of them would not fit)")
-    parser.add_argument("--quick", action="store_true", help="600 images at 64 px: checks the bench runs")
+    parser.add_argument("--quick", action="store_true", help="200 images at 64 px: checks the bench runs")
     parser.add_argument("--out", default="bench/cache_memory.md", help="Markdown table written here")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.size_px, args.input_size_px = 600, 64, 32
+        args.images, args.size_px, args.input_size_px = 200, 64, 32
     work = Path(args.work_dir)
     data, cache_dir = work / "data", work / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # the first runs below must decode, not find an old cache

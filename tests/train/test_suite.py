@@ -7,11 +7,12 @@ from helpers import make_competition, run_script
 pytestmark = pytest.mark.slow
 
 
-def test_suite_quick_mode_scores_each_set_and_judges_against_an_earlier_run(demo, tmp_path):
-    # Two sets (each costs a handful of fresh processes); the other two differ only in their folder and flags.
+def test_suite_quick_mode_scores_each_set_and_judges_against_an_earlier_run(tmp_path):
+    # Two small sets (each costs a handful of fresh processes); the others differ only in their folder and flags.
     photos = make_competition(tmp_path / "photos", per_class=10, size_px=16)
+    digits = make_competition(tmp_path / "digits", per_class=10, size_px=12, seed=1)
     out = tmp_path / "suite.md"
-    sets = ["--sets", "demo,hymenoptera", "--set", f"demo={demo['data']}", "--set", f"hymenoptera={photos}"]
+    sets = ["--sets", "demo,hymenoptera", "--set", f"demo={digits}", "--set", f"hymenoptera={photos}"]
     earlier = tmp_path / "earlier.csv"  # an earlier sitting's table, as --out wrote it (its judged columns)
     pd.DataFrame({"set": ["hymenoptera", "mean over sets"], "kit": [0.5, 0.5], "gain pp": [0.0, 0.0],
                   "seed spread pp": [float("nan"), float("nan")]}).to_csv(earlier, index=False)
