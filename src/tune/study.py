@@ -201,8 +201,10 @@ def check_record(study: optuna.Study, record: dict, storage: str) -> None:
                         f"scored final epochs: {saved.get('objective', 'best epochs')}); its trials cannot be compared "
                         f"with new ones, so start a new study (another --name)")
     changed = [key for key in ("space", "folds") if saved.get(key) != record[key]]
-    if saved.get("fidelity", {"schedule": "full"}) != record["fidelity"]:  # studies before fidelities: full
-        changed.append(f"--fidelity (it has {saved.get('fidelity', {'schedule': 'full'})['schedule']})")
+    fidelity = saved.get("fidelity", {"schedule": "full"})  # studies before fidelities: full
+    if fidelity != record["fidelity"]:  # another schedule, or halving over another number of rungs
+        rungs = f", {fidelity['rungs']} rungs" if "rungs" in fidelity else ""
+        changed.append(f"--fidelity (it has {fidelity['schedule']}{rungs})")
     changed += config_differences(saved.get("base_config", {}), record["base_config"], TrainConfig)
     if changed:
         raise UserError(f"study {study.study_name!r} in {storage} was made with another {', '.join(changed)}; resume "

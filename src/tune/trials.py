@@ -24,7 +24,17 @@ from src.core.config import config_from_dict, config_to_dict
 from src.core.errors import UserError
 from src.train.config import TrainConfig
 from src.train.cv import train_folds
-from src.tune.fidelity import RUNGS, Planner, cost_share, fidelity_values, is_full, promotions, rung_of
+from src.tune.fidelity import (
+    RUNGS,
+    Planner,
+    cost_share,
+    fidelity_values,
+    full_run_s,
+    is_full,
+    promotions,
+    rung_of,
+    shortcut,
+)
 from src.tune.pruning import RunningMean, progress_step
 from src.tune.report import best_trial, trial_line
 from src.tune.space import sample, trial_config
@@ -62,6 +72,7 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     """The objective: sample, train the tuned folds (at the trial's fidelity; pruned between epochs), score the mean
     final metric, then delete the checkpoints (config.json, log.csv and the OOF files stay)."""
     values = sample(trial, job.space.params, job.base)
+    full = trial_config(job.base, values)
     if job.halving:
         rung = rung_of(trial)
         values = fidelity_values(values, job.base, rung)
@@ -69,9 +80,12 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
     cfg = trial_config(job.base, {**values, "exp": f"trial{trial.number}", "runs_dir": str(job.trials_dir)})
     trial.set_user_attr("config", config_to_dict(cfg))
     try:
+        train_s, start = [], time.monotonic()
         # With halving nothing prunes between epochs and the final weights are the score: one validation pass.
         results = train_logged(cfg, job.folds, job.quiet, "--folds", partial(report_epoch, trial, job, cfg,
-                                                                            RunningMean()), job.halving)
+                                                                            RunningMean(), train_s), job.halving)
+        share = (cfg.epochs * cfg.train_fraction) / (full.epochs * full.train_fraction)
+        trial.set_user_attr("full_run_s", full_run_s(time.monotonic() - start, sum(train_s), share))
         if cfg.monitor == "accuracy" and job.val_rows:  # what best_trial needs to tell a tie (src/tune/report.py)
             trial.set_user_attr("one_image", 1 / job.val_rows)  # the mean over folds of per-fold accuracies
         trial.set_user_attr("best_epoch_value", fold_mean(results, cfg.monitor))  # optimistic; shown, never used
@@ -81,11 +95,12 @@ def run_trial(trial: optuna.Trial, job: TuneJob) -> float:
             path.unlink()
 
 
-def report_epoch(trial: optuna.Trial, job: TuneJob, cfg: TrainConfig, running: RunningMean, fold: int,
-                 row: dict) -> None:
-    """train_folds' on_epoch hook: report the running mean of the objective at each tenth of a fold's schedule,
-    then stop the trial when the pruner says so (TrialPruned) or the budget is spent (BudgetStop); either ends the
-    run with its files intact."""
+def report_epoch(trial: optuna.Trial, job: TuneJob, cfg: TrainConfig, running: RunningMean, train_s: list[float],
+                 fold: int, row: dict) -> None:
+    """train_folds' on_epoch hook: note the epoch's training seconds, report the running mean of the objective at
+    each tenth of a fold's schedule, then stop the trial when the pruner says so (TrialPruned) or the budget is
+    spent (BudgetStop); either ends the run with its files intact."""
+    train_s.append(row.get("train_seconds", 0.0))
     value = running.update(fold, row[f"val_{cfg.monitor}"])
     step, first = progress_step(job.folds.index(fold), row["epoch"], cfg.epochs)
     if math.isfinite(value) and first:
@@ -175,14 +190,14 @@ def run_trials(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_
 def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout_folds: int = 0) -> int:
     """Asynchronous successive halving: the base config at full fidelity first (queued so by open_study), then
     whatever is due: a promotion (a trial in the best 1/ETA of its rung, highest rung first), else a new cheapest
-    trial if it and the promotions after it still fit the budget, else the best of each rung forced up while they
-    fit. One full run's seconds (the base config's) size every rung."""
+    trial; under a budget each of them only while one full run still fits after it, and when nothing else fits,
+    the best run of the highest rung reached goes straight to full fidelity (src/tune/fidelity.py's shortcut)."""
     runner = Runner(study, job)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     planner = Planner(job.deadline)
     top = RUNGS - 1
 
-    def measure_full() -> None:
+    def measure() -> None:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.duration]
         full = [t.duration.total_seconds() for t in done if is_full(t)]
         planner.full_s = max(full) if full else None
@@ -191,24 +206,33 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
             took = [t.duration.total_seconds() for t in done if rung_of(t) == rung]
             if took:
                 planner.observed_s[rung] = float(np.mean(took))
+        candidate = shortcut(study, maximize)
+        planner.next_full_s = candidate.user_attrs.get("full_run_s") if candidate else None
 
-    def due(force: bool) -> tuple[int, FrozenTrial] | None:
+    def seconds(rung: int, trial: FrozenTrial) -> float | None:
+        """A promotion's own estimate in full (None: the rung's size)."""
+        return trial.user_attrs.get("full_run_s") if rung == top else None
+
+    def due() -> tuple[int, FrozenTrial] | None:
         for rung in range(top, 0, -1):
-            ready = promotions(study, rung, maximize, at_least_one=force)
-            if ready and planner.fits(rung):
+            ready = promotions(study, rung, maximize)
+            if ready and planner.fits(rung, then_full=True, seconds=seconds(rung, ready[0])):
                 return rung, ready[0]
         return None
 
     while n_trials is None or runner.ran < n_trials:
-        measure_full()  # until a full run completed, full_s is unknown and fits() checks the deadline alone
+        measure()  # until a full run completed, full_s is unknown and fits() checks the deadline alone
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting:  # the base config, the space's start points, trials to run again: queued first
-            if not planner.fits(rung_of(waiting[0]), then_promote=True):
+            if not planner.fits(rung_of(waiting[0]), then_full=True):
                 break
-        elif promoted := due(force=False) or (not planner.fits(0, then_promote=True) and due(force=True)):
+        elif promoted := due():
             promote(study, *promoted)
-        elif not planner.fits(0, then_promote=True):
-            break
+        elif not planner.fits(0, then_full=True):  # no room for a new cheap run and a full one after it
+            jump = shortcut(study, maximize)
+            if jump is None or not planner.fits(top, seconds=seconds(top, jump)):
+                break
+            promote(study, top, jump)
         runner.run()
     return runner.ran
 

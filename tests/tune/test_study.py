@@ -45,7 +45,7 @@ def test_the_deadline_stops_a_running_trial_at_its_next_epoch(demo, tmp_path):
     job.deadline = time.monotonic() - 1
     study = optuna.create_study(direction="maximize")
     with pytest.raises(BudgetStop, match="stopped by the --budget deadline after fold 0 epoch 2"):
-        report_epoch(study.ask(), job, job.base, RunningMean(), 0, {"epoch": 2, "val_accuracy": 0.5})
+        report_epoch(study.ask(), job, job.base, RunningMean(), [], 0, {"epoch": 2, "val_accuracy": 0.5})
     assert study.trials[0].intermediate_values == {6: 0.5}  # 3 of 5 epochs = 6 tenths, reported before stopping
 
 

@@ -36,7 +36,7 @@ def test_a_study_writes_a_tuned_config_train_py_accepts_and_resume_adds_trials(d
     for name in ("trials.md", "history.png", "summary.md"):
         assert (study_dir / name).is_file(), name
     summary = (study_dir / "summary.md").read_text()  # the base config in full, one cheap run (--fidelity halving)
-    assert "full 1 (1 complete)" in summary and "1/9 of a full run 1 (1 complete)" in summary
+    assert "full 1 (1 complete)" in summary and "1/27 of a full run 1 (1 complete)" in summary
     assert "no importance.png: it needs at least 2 complete trials at one fidelity, the study has 1" in summary
     assert not list(study_dir.rglob("trials/**/*.pt"))  # trials keep logs and configs, not weights
     # Each complete trial carries what the near-tie rule needs (one image's worth of the mean accuracy over the tuned
