@@ -27,6 +27,11 @@ def fit_cell(image: np.ndarray, cell_px: int) -> np.ndarray:
     return rgb
 
 
+def image_top(i: int, columns: int, height: int, pad: int, cell_px: int) -> int:
+    """The canvas row where cell i's image starts: just under its caption band."""
+    return (i // columns + 1) * height - pad - cell_px
+
+
 def mosaic(images: list, columns: int, cell_px: int) -> tuple[np.ndarray, int, int, int]:
     """White canvas with each image at the top of its cell's lower part (the caption band above it); with the
     cell's width, height and padding in pixels."""
@@ -38,7 +43,7 @@ def mosaic(images: list, columns: int, cell_px: int) -> tuple[np.ndarray, int, i
         if image is None:  # an empty cell keeps rows aligned (e.g. one row per class)
             continue
         thumb = fit_cell(np.asarray(image), cell_px)
-        top = (i // columns) * height + height - pad - cell_px  # just under its caption
+        top = image_top(i, columns, height, pad, cell_px)
         left = (i % columns) * width + pad + (cell_px - thumb.shape[1]) // 2
         canvas[top:top + thumb.shape[0], left:left + thumb.shape[1]] = thumb
     return canvas, width, height, pad
@@ -55,8 +60,8 @@ def contact_sheet(path: Path, images, captions: list[str], title: str, columns: 
     ax.axis("off")
     for i, (image, caption) in enumerate(zip(images, captions)):
         if image is not None and caption:
-            image_top = (i // columns + 1) * height - pad - cell_px
-            ax.text((i % columns + 0.5) * width, image_top - pad / 2, caption, fontsize=7, ha="center", va="bottom")
+            ax.text((i % columns + 0.5) * width, image_top(i, columns, height, pad, cell_px) - pad / 2, caption,
+                    fontsize=7, ha="center", va="bottom")
     if not len(images):
         ax.text(canvas.shape[1] / 2, canvas.shape[0] / 2, "none", ha="center", va="center")
     fig.suptitle(title, fontsize=10)

@@ -197,7 +197,8 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
     planner = Planner(job.deadline)
     top = RUNGS - 1
 
-    def measure() -> None:
+    def measure() -> FrozenTrial | None:
+        """Size the planner from the runs so far; returns the shortcut's candidate (its estimate is the reserve)."""
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.duration]
         full = [t.duration.total_seconds() for t in done if is_full(t)]
         planner.full_s = max(full) if full else None
@@ -208,6 +209,7 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
                 planner.observed_s[rung] = float(np.mean(took))
         candidate = shortcut(study, maximize)
         planner.next_full_s = candidate.user_attrs.get("full_run_s") if candidate else None
+        return candidate
 
     def seconds(rung: int, trial: FrozenTrial) -> float | None:
         """A promotion's own estimate in full (None: the rung's size)."""
@@ -221,7 +223,7 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
         return None
 
     while n_trials is None or runner.ran < n_trials:
-        measure()  # until a full run completed, full_s is unknown and fits() checks the deadline alone
+        jump = measure()  # until a full run completed, full_s is unknown and fits() checks the deadline alone
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if waiting:  # the base config, the space's start points, trials to run again: queued first
             if not planner.fits(rung_of(waiting[0]), then_full=True):
@@ -229,7 +231,6 @@ def run_halving(study: optuna.Study, job: TuneJob, n_trials: int | None, holdout
         elif promoted := due():
             promote(study, *promoted)
         elif not planner.fits(0, then_full=True):  # no room for a new cheap run and a full one after it
-            jump = shortcut(study, maximize)
             if jump is None or not planner.fits(top, seconds=seconds(top, jump)):
                 break
             promote(study, top, jump)
